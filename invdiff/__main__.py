@@ -1,0 +1,3 @@
+from invdiff.cli import main
+
+main()

@@ -1,0 +1,141 @@
+"""Shared pieces of every subcommand: options, device, seed, progress, JSON, exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Iterator
+
+import click
+import typer
+
+from invdiff.errors import InputError
+
+# --- options every command declares the same way ---------------------------------------
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: cuda when available).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed and device give the same result.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
+
+
+def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run the Typer app and map outcomes to exit codes: 0 ok, 2 bad input/usage, 1 internal."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="invdiff")
+    except InputError as exc:
+        _error(str(exc))
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # usage errors, bad option values, missing files
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        _error("aborted.")
+        return 130
+    except KeyboardInterrupt:
+        _error("interrupted.")
+        return 130
+    except Exception:  # a bug of ours: say so, with the traceback for the report
+        import traceback
+
+        traceback.print_exc()
+        _error("internal error (a bug in invdiff; please report it with the traceback above).")
+        return 1
+    return 0
+
+
+def _error(message: str) -> None:
+    message = message.strip()
+    if message and message[-1] not in ".!?":
+        message += "."
+    print(f"invdiff: error: {message}", file=sys.stderr)
+
+
+def resolve_device(name: str):
+    """``auto`` -> cuda if available else cpu; InputError for an unavailable device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device '{name}' is not a device name (use auto, cpu or cuda).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available.")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device '{name}' is not supported (use auto, cpu or cuda).")
+    return device
+
+
+def make_generator(seed: int):
+    """A CPU torch.Generator seeded with ``seed`` (random draws are made on the CPU and moved,
+    so a seed gives the same numbers on every device)."""
+    import torch
+
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def show_progress(quiet: bool, json_out: bool = False) -> bool:
+    """A progress bar only on a terminal, and never with --quiet or --json."""
+    return not quiet and not json_out and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, description: str, total: int | None) -> Iterator[Any]:
+    """A rich progress bar on stderr (a no-op object when disabled). Yields ``advance(n=1)``."""
+    if not enabled:
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object on stdout (numpy scalars and paths converted)."""
+
+    def default(o):
+        if isinstance(o, Path):
+            return str(o)
+        if hasattr(o, "item"):
+            return o.item()
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    print(json.dumps(obj, default=default))
+
+
+def require_file(path: Path, what: str = "input") -> Path:
+    """InputError unless ``path`` is an existing, non-empty file."""
+    if not path.exists():
+        raise InputError(f"{path}: {what} file does not exist.")
+    if path.is_dir():
+        raise InputError(f"{path}: {what} is a folder, not a file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: {what} file is empty.")
+    return path
+
+
+def check_output(path: Path, overwrite: bool = True) -> Path:
+    """InputError if the output's folder cannot be created or the path is a folder."""
+    if path.exists() and path.is_dir():
+        raise InputError(f"{path}: output path is a folder; give a file name.")
+    return path

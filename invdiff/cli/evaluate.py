@@ -1,0 +1,1 @@
+"""invdiff evaluate (being written)."""

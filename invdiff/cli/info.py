@@ -1,0 +1,1 @@
+"""invdiff info (being written)."""

@@ -1,0 +1,1 @@
+"""invdiff likelihood (being written)."""

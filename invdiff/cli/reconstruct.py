@@ -1,0 +1,1 @@
+"""invdiff reconstruct (being written)."""

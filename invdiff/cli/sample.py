@@ -1,0 +1,1 @@
+"""invdiff sample (being written)."""

@@ -1,0 +1,1 @@
+"""invdiff simulate (being written)."""

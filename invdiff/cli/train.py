@@ -1,0 +1,1 @@
+"""invdiff train (being written)."""
