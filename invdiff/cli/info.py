@@ -1,1 +1,107 @@
-"""invdiff info (being written)."""
+"""``invdiff info``: what a measurement, result, prior, DICOM or image file holds; and what
+operators, solvers and classical methods are registered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+
+from invdiff.cli.app import app
+from invdiff.cli.common import JsonOpt, emit_json
+from invdiff.errors import InputError
+
+
+def _array_summary(a: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+    if a.size and np.issubdtype(a.dtype, np.number):
+        mag = np.abs(a)
+        out.update(min=float(mag.min()), max=float(mag.max()), finite=bool(np.isfinite(a).all()))
+    return out
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """A JSON-able description of ``path`` (InputError when it is none of the known kinds)."""
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist.")
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.exists():
+            raise InputError(f"{path}: folder is not a prior (no config.json).")
+        from invdiff.prior.store import load_prior
+
+        prior = load_prior(path, device="cpu")
+        return {"kind": "prior", "path": str(path), "checksum": prior.checksum, "config": prior.config}
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5", ".hdf"):
+        from invdiff.io.hdf5 import open_h5, read_measurement, read_result
+
+        with open_h5(path) as f:
+            keys = sorted(f.keys())
+            is_measurement = "invdiff_operator" in f.attrs or "kspace" in f
+            is_result = "reconstruction" in f and "kspace" not in f
+        if is_result:
+            r = read_result(path)
+            out = {"kind": "result", "path": str(path), "datasets": keys, "provenance": r["provenance"]}
+            out["reconstruction"] = _array_summary(r["reconstruction"])
+            return out
+        if is_measurement:
+            from invdiff.operators.base import config_to_json
+
+            m = read_measurement(path)
+            text, arrays = config_to_json(m.operator)
+            return {
+                "kind": "measurement",
+                "path": str(path),
+                "operator": json.loads(text),
+                "operator_arrays": {k: list(v.shape) for k, v in arrays.items()},
+                "data": _array_summary(m.data),
+                "ground_truth": None if m.ground_truth is None else _array_summary(m.ground_truth),
+                "attrs": m.attrs,
+            }
+        return {"kind": "hdf5", "path": str(path), "datasets": keys}
+    from invdiff.io.images import read_images
+
+    stack = read_images(path)
+    out = {"kind": f"image ({stack.kind})", "path": str(path), "data": _array_summary(stack.data)}
+    if stack.hounsfield:
+        out["units"] = "HU"
+    if stack.dicom_meta is not None:
+        ds = stack.dicom_meta
+        out["dicom"] = {k: str(ds.get(k)) for k in ("Modality", "SOPClassUID", "Rows", "Columns", "SeriesDescription") if k in ds}
+    return out
+
+
+@app.command(epilog="Examples:\n\n  invdiff info sino.h5\n\n  invdiff info recon.h5 --json\n\n  invdiff info --solvers")
+def info(
+    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, DICOM or image file.")] = None,
+    operators: Annotated[bool, typer.Option("--operators", help="List registered operators.")] = False,
+    solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers.")] = False,
+    methods: Annotated[bool, typer.Option("--methods", help="List classical methods.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Describe FILE, or list what is registered."""
+    out: dict[str, Any] = {}
+    if operators:
+        from invdiff.operators.base import OPERATORS
+
+        out["operators"] = OPERATORS.names()
+    if solvers:
+        from invdiff.solvers.base import SOLVERS
+
+        out["solvers"] = SOLVERS.names()
+    if methods:
+        from invdiff.classical.methods import METHODS
+
+        out["methods"] = {name: list(m.operators) for name, m in METHODS.items()}
+    if file is not None:
+        out.update(describe_file(file))
+    if not out:
+        raise InputError("give a FILE to describe, or --operators / --solvers / --methods.")
+    if json_out:
+        emit_json(out)
+    else:
+        typer.echo(json.dumps(out, indent=2, default=str))

@@ -112,6 +112,12 @@ class Operator(ABC):
     ) -> "Operator":
         """Rebuild from ``params``; raise InputError for impossible geometry or values."""
 
+    @classmethod
+    def example(cls, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Operator":
+        """A small, typical instance (about 16x16 to 32x32 images) on which the one contract
+        test of tests/test_operator_contract.py runs: every registered operator provides it."""
+        raise NotImplementedError(f"operator {cls.__name__} provides no example() for the contract tests")
+
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., "params": {...}}`` (params may hold numpy arrays)."""
         return {"name": self.name, "params": self.params()}

@@ -1,0 +1,135 @@
+"""Brain-MRI slices for training, held-out testing and other-subject validation.
+
+    python examples/fetch_data.py && python examples/prepare_brain.py [--size 128] [--samples]
+
+Protocol (BENCHMARKS.md refers to it):
+* Training volumes: Colin27 T1 (ch2better, 0.5 mm) and the MNI152 2009c T1 template (1 mm),
+  reoriented to RAS+, intensities divided by the volume's 99.5th percentile and clipped to
+  [0, 1]. Slices in all three orientations, each padded to a square around the head and resized
+  (anti-aliased) to SIZE x SIZE; slices with less than 20 % head are dropped.
+* Held-out slices of the training volumes: in every orientation of every volume a contiguous
+  block of 6 slices at 60 % of the head's extent is kept out, with a 3-slice guard band on each
+  side also excluded from training.
+* Other subjects and sequences (never trained on): adi_slice.dcm (MEMPRAGE, ami.js),
+  S0_10slices.nii.gz (b0 EPI, dipy), example4d.nii.gz (EPI, nibabel), normalised the same way.
+
+Writes cache/brain/{train,heldout,other}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) under
+$INVDIFF_CACHE, and with --samples the small committed files data/samples/brain_*_SIZE.npy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from skimage.transform import resize
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fetch_data import cache_dir, fetch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+HELD_BLOCK, GUARD, MIN_HEAD = 6, 3, 0.2
+
+
+def normalise(volume: np.ndarray) -> np.ndarray:
+    volume = volume.astype(np.float32)
+    positive = volume[volume > 0]
+    scale = np.percentile(positive, 99.5) if positive.size else 1.0
+    return np.clip(volume / scale, 0.0, 1.0)
+
+
+def square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Crop to the head's bounding box, pad to a square with a 4 % margin, resize."""
+    mask = image > 0.05
+    if mask.any():
+        rows, cols = np.where(mask.any(1))[0], np.where(mask.any(0))[0]
+        image = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    side = int(max(image.shape) * 1.08) + 1
+    padded = np.zeros((side, side), np.float32)
+    r0, c0 = (side - image.shape[0]) // 2, (side - image.shape[1]) // 2
+    padded[r0 : r0 + image.shape[0], c0 : c0 + image.shape[1]] = image
+    out = resize(padded, (size, size), anti_aliasing=True, preserve_range=True)
+    return np.clip(out, 0, 1).astype(np.float32)
+
+
+def orientations(volume: np.ndarray):
+    """Yield (name, list of 2D slices) for sagittal, coronal and axial, anterior/superior up."""
+    yield "sagittal", [np.rot90(volume[i, :, :]) for i in range(volume.shape[0])]
+    yield "coronal", [np.rot90(volume[:, j, :]) for j in range(volume.shape[1])]
+    yield "axial", [np.rot90(volume[:, :, k]) for k in range(volume.shape[2])]
+
+
+def split_volume(volume: np.ndarray, size: int):
+    train, held = [], []
+    for _, slices in orientations(volume):
+        keep = [i for i, s in enumerate(slices) if (s > 0.05).mean() > 0.05]
+        if not keep:
+            continue
+        first, last = keep[0], keep[-1]
+        start = first + int(0.6 * (last - first))
+        held_idx = set(range(start, start + HELD_BLOCK))
+        guard = set(range(start - GUARD, start + HELD_BLOCK + GUARD))
+        for i in keep:
+            image = square_resize(slices[i], size)
+            if (image > 0.05).mean() < MIN_HEAD:
+                continue
+            if i in held_idx:
+                held.append(image)
+            elif i not in guard:
+                train.append(image)
+    return train, held
+
+
+def other_subjects(size: int) -> list[np.ndarray]:
+    out = []
+    ds = pydicom.dcmread(fetch("adi_slice"))
+    out.append(square_resize(normalise(ds.pixel_array.astype(np.float32)), size))
+    for name in ("dipy_s0", "example4d"):
+        img = nib.as_closest_canonical(nib.load(fetch(name)))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = data[..., 0] if data.ndim == 4 else data
+        data = normalise(data)
+        for k in range(data.shape[2]):
+            image = square_resize(np.rot90(data[:, :, k]), size)
+            if (image > 0.05).mean() >= MIN_HEAD:
+                out.append(image)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--samples", action="store_true", help="also write the small committed sample files")
+    args = parser.parse_args()
+    size = args.size
+    train, held = [], []
+    for name in ("colin27", "mni152"):
+        volume = normalise(np.asarray(nib.as_closest_canonical(nib.load(fetch(name))).dataobj))
+        t, h = split_volume(volume, size)
+        print(f"{name}: {len(t)} training slices, {len(h)} held-out slices")
+        train += t
+        held += h
+    other = other_subjects(size)
+    print(f"other subjects: {len(other)} slices")
+    out = cache_dir() / "brain"
+    out.mkdir(parents=True, exist_ok=True)
+    for label, stack in (("train", train), ("heldout", held), ("other", other)):
+        np.save(out / f"{label}_{size}.npy", np.stack(stack).astype(np.float32))
+        print(f"wrote {out / f'{label}_{size}.npy'}")
+    if args.samples:
+        samples = REPO / "data" / "samples"
+        samples.mkdir(parents=True, exist_ok=True)
+        # Held-out: 2 per orientation of Colin27 (first 18 held-out slices are Colin27's).
+        pick = [0, 3, 6, 9, 12, 15]
+        np.save(samples / f"brain_heldout_{size}.npy", np.stack([held[i] for i in pick]).astype(np.float32))
+        step = max(1, len(other) // 6)
+        np.save(samples / f"brain_other_{size}.npy", np.stack(other[::step][:6]).astype(np.float32))
+        print(f"wrote samples to {samples}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,590 @@
+"""DICOM in and out: Hounsfield units <-> linear attenuation, reading slices and series,
+writing a derived series that a DICOM validator (dciodvfy) accepts.
+
+Units. CT pixels are stored as integers and mapped to Hounsfield units by the Modality LUT,
+``HU = stored * RescaleSlope + RescaleIntercept`` (DICOM PS3.3 C.11.1). Hounsfield units and
+the linear attenuation coefficient mu are related by the definition of the HU scale,
+
+    HU = 1000 * (mu - mu_water) / mu_water      <=>      mu = mu_water * (1 + HU / 1000)
+
+(Hounsfield, Br. J. Radiol. 46:1016, 1973), with mu_water = 0.0192 /mm (water near 70 keV,
+the effective energy of a 120 kVp spectrum; NIST XCOM). Air (-1000 HU) is mu = 0.
+
+Writing. `write_dicom_series` writes one file per slice as CT Image Storage, MR Image Storage
+or Secondary Capture (microscopy and anything else), with new Series/SOP Instance UIDs, the
+patient and study copied from a source DICOM when given, ImageType DERIVED\\SECONDARY, 16-bit
+unsigned pixels with RescaleSlope/Intercept, and a VOI window. The whole series appears at once:
+files go to a temporary folder beside the target that is renamed onto it at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+
+from invdiff.errors import InputError
+
+MU_WATER_PER_MM = 0.0192
+"""Linear attenuation coefficient of water, 1/mm, near 70 keV (NIST XCOM)."""
+
+Modality = Literal["CT", "MR", "OT"]
+
+# ---------------------------------------------------------------------------------------
+# Hounsfield units
+# ---------------------------------------------------------------------------------------
+
+
+def hu_to_mu(hu: Any, mu_water: float = MU_WATER_PER_MM) -> Any:
+    """Hounsfield units -> linear attenuation (1/mm): ``mu = mu_water * (1 + HU / 1000)``.
+
+    Works elementwise on numpy arrays, torch tensors (on any device) and floats.
+    """
+    return mu_water * (1.0 + hu / 1000.0)
+
+
+def mu_to_hu(mu: Any, mu_water: float = MU_WATER_PER_MM) -> Any:
+    """Linear attenuation (1/mm) -> Hounsfield units: ``HU = 1000 * (mu - mu_water) / mu_water``."""
+    return 1000.0 * (mu - mu_water) / mu_water
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DicomVolume:
+    """Pixels of one DICOM file or series after the Modality LUT.
+
+    data: float32 ``(slices, H, W)``, in HU when ``hounsfield``.
+    meta: the first slice's dataset (pixel data removed), for copying patient/study later.
+    spacing: ``(slice, row, column)`` in mm; the slice spacing is None when unknown.
+    """
+
+    data: np.ndarray
+    meta: Any
+    hounsfield: bool
+    spacing: tuple[float | None, float, float] | None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file carries the DICOM Part 10 marker 'DICM' at byte 128."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom_header(path: Path, *, pixels: bool = True) -> Any:
+    """Parse one DICOM file (without executing anything); InputError naming the file if it is not one."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    _require_nonempty(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
+    except InvalidDicomError:
+        raise InputError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128).") from None
+    except Exception as exc:  # a corrupt or truncated file can raise anything inside the parser
+        raise InputError(f"{path}: not a readable DICOM file ({_reason(exc)}).") from None
+    if pixels and "PixelData" not in ds:
+        raise InputError(f"{path}: DICOM file holds no image (no PixelData; it may be a DICOMDIR or a report).")
+    return ds
+
+
+def dicom_pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
+    """Pixels ``(frames, H, W)`` float32 after RescaleSlope/Intercept, and whether they are HU.
+
+    HU when Modality is CT and RescaleType is absent or 'HU' (PS3.3 C.8.2.1). Colour
+    (SamplesPerPixel > 1) and compressed data without an installed decoder are InputErrors.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        raise InputError(f"{path}: expected a single-channel image; got {samples} channels (colour DICOM).")
+    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:
+        if tsyntax is not None and tsyntax.is_compressed:
+            raise InputError(_compressed_message(path, tsyntax, exc)) from None
+        raise InputError(f"{path}: DICOM pixel data is truncated or corrupt ({_reason(exc)}).") from None
+    try:
+        values = apply_modality_lut(stored, ds)
+    except Exception as exc:
+        raise InputError(f"{path}: DICOM rescale attributes are invalid ({_reason(exc)}).") from None
+    values = _apply_real_world_mapping(np.asarray(values, dtype=np.float64), ds).astype(np.float32)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if values.ndim == 2:
+        values = values[None]
+    if values.ndim != 3 or values.shape[0] != frames:
+        raise InputError(f"{path}: DICOM pixel data has shape {values.shape}, not (frames, rows, columns).")
+    rescale_type = str(ds.get("RescaleType", "HU") or "HU").upper()
+    hounsfield = str(ds.get("Modality", "")).upper() == "CT" and rescale_type == "HU"
+    return values, hounsfield
+
+
+def _apply_real_world_mapping(values: np.ndarray, ds: Any) -> np.ndarray:
+    """For MR without a Modality LUT, apply the first linear Real World Value Mapping item."""
+    if "RescaleSlope" in ds or str(ds.get("Modality", "")).upper() != "MR":
+        return values
+    for item in ds.get("RealWorldValueMappingSequence", []):
+        if "RealWorldValueSlope" in item:
+            return values * float(item.RealWorldValueSlope) + float(item.get("RealWorldValueIntercept", 0.0))
+    return values
+
+
+def group_dicom_series(files: Sequence[Path]) -> list[list[Path]]:
+    """Split DICOM files into series by SeriesInstanceUID (order of first appearance).
+
+    Objects that are not images (no Rows: DICOMDIR, reports, presentation states) are left out.
+    """
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        ds = read_dicom_header(path, pixels=False)
+        if "Rows" not in ds:
+            continue
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(path)
+    return list(groups.values())
+
+
+def read_dicom_series(files: Sequence[Path]) -> DicomVolume:
+    """Read the files of one series into a volume sorted along the slice normal.
+
+    Order: by ImagePositionPatient projected onto the normal of ImageOrientationPatient when
+    every slice has them and they are distinct, else by InstanceNumber, else by file name.
+    Slices of different sizes or of different units (HU and not HU) are an InputError.
+    """
+    if not files:
+        raise InputError("no DICOM files were given.")
+    slices = []
+    for path in files:
+        ds = read_dicom_header(path, pixels=True)
+        values, hounsfield = dicom_pixels(ds, path)
+        slices.append((path, ds, values, hounsfield))
+    slices, positions = _sorted_slices(slices)
+    first_path, first_ds, first_values, first_hu = slices[0]
+    for path, _, values, hounsfield in slices[1:]:
+        if values.shape[1:] != first_values.shape[1:]:
+            raise InputError(
+                f"{path}: slice size {values.shape[1]}x{values.shape[2]} differs from "
+                f"{first_values.shape[1]}x{first_values.shape[2]} of {first_path.name} in the same series."
+            )
+        if hounsfield != first_hu:
+            raise InputError(f"{path}: slice units (HU or not) differ from {first_path.name} in the same series.")
+    data = np.concatenate([s[2] for s in slices], axis=0)
+    del first_ds.PixelData
+    return DicomVolume(data=data, meta=first_ds, hounsfield=first_hu, spacing=_spacing(first_ds, positions))
+
+
+def _sorted_slices(slices: list) -> tuple[list, np.ndarray | None]:
+    positions = None
+    try:
+        orient = np.array([[float(v) for v in s[1].ImageOrientationPatient] for s in slices])
+        pos = np.array([[float(v) for v in s[1].ImagePositionPatient] for s in slices])
+        normal = np.cross(orient[0, :3], orient[0, 3:])
+        positions = pos @ normal
+    except (AttributeError, TypeError, ValueError, IndexError):
+        positions = None
+    if positions is not None and len(np.unique(np.round(positions, 4))) == len(slices):
+        order = np.argsort(positions, kind="stable")
+        return [slices[i] for i in order], positions[order]
+    numbers = [s[1].get("InstanceNumber") for s in slices]
+    if all(n is not None and str(n) != "" for n in numbers) and len(set(int(n) for n in numbers)) == len(numbers):
+        return sorted(slices, key=lambda s: int(s[1].InstanceNumber)), None
+    return sorted(slices, key=lambda s: s[0].name), None
+
+
+def _spacing(ds: Any, positions: np.ndarray | None) -> tuple[float | None, float, float] | None:
+    try:
+        row, col = (float(v) for v in ds.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    slice_spacing: float | None = None
+    if positions is not None and len(positions) > 1:
+        slice_spacing = float(np.median(np.diff(positions)))
+    else:
+        for name in ("SpacingBetweenSlices", "SliceThickness"):
+            value = ds.get(name)
+            if value not in (None, ""):
+                slice_spacing = float(value)
+                break
+    return (slice_spacing, row, col)
+
+
+def _compressed_message(path: Path, tsyntax: Any, exc: Exception) -> str:
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(tsyntax).is_available
+    except Exception:
+        available = False
+    if not available:
+        return (
+            f"{path}: DICOM uses compressed pixel data ({tsyntax.name}) and no decoder is installed "
+            "(install pylibjpeg with its plug-ins or python-gdcm)."
+        )
+    return f"{path}: DICOM compressed pixel data ({tsyntax.name}) could not be decoded ({_reason(exc)})."
+
+
+def _require_nonempty(path: Path) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a DICOM file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty.")
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).rstrip(".")
+    return (text[:160] + "...") if len(text) > 160 else (text or type(exc).__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+_PATIENT_STUDY = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+    "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "StudyInstanceUID", "StudyDate",
+    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+)
+_MR_ACQUISITION = (
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
+    "EchoTime", "EchoTrainLength", "InversionTime", "MagneticFieldStrength", "ImagedNucleus",
+)
+_STORAGE = {"CT": "CTImageStorage", "MR": "MRImageStorage", "OT": "SecondaryCaptureImageStorage"}
+_UNITS = ("HU", "1/mm", "arbitrary")
+_IMAGE_TYPE = {"CT": ["DERIVED", "SECONDARY", "AXIAL"], "MR": ["DERIVED", "SECONDARY", "OTHER"], "OT": ["DERIVED", "SECONDARY"]}
+
+
+def write_dicom_series(
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    *,
+    modality: Modality,
+    source_meta: Any = None,
+    description: str = "invdiff reconstruction",
+    units: str = "arbitrary",
+    pixel_spacing: tuple[float, float] | None = None,
+    slice_thickness: float | None = None,
+    window: tuple[float, float] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``images`` ``(slices, H, W)`` (or ``(H, W)``) as one DICOM file per slice.
+
+    modality: "CT" (CT Image Storage), "MR" (MR Image Storage) or "OT" (Secondary Capture,
+        for microscopy and anything else).
+    units: "HU" (values are Hounsfield units), "1/mm" (linear attenuation; converted to HU
+        with `mu_to_hu`; CT only) or "arbitrary". CT in HU gets RescaleType HU, otherwise US.
+    source_meta: a pydicom Dataset (e.g. ``ImageStack.dicom_meta``); its patient and study
+        attributes (and, for a matching grid, its geometry) are copied, and its StudyInstanceUID
+        kept. Without it a new study is made.
+    pixel_spacing: (row, column) mm; default the source's when its grid matches, else 1 mm.
+    slice_thickness: mm; default the source's, else 1 mm. Slices are stacked along the normal
+        of the orientation starting at the source's first ImagePositionPatient (else the origin).
+    window: (center, width) in output units; default the 1st..99th percentile of the values.
+    overwrite: replace an existing non-empty ``out_dir`` (atomically); else that is an InputError.
+
+    Pixels: 16-bit unsigned, ``value = stored * RescaleSlope + RescaleIntercept``; HU keep a
+    slope of 1 (integer HU, intercept -1024 or lower) when the range fits 16 bits. The MR
+    Image IOD has no Modality LUT, so for MR the same line goes to RealWorldValueMappingSequence
+    (and `dicom_pixels` applies it when reading).
+    Returns the written paths, in slice order (``IM00001.dcm``, ...).
+    """
+    out_dir = Path(out_dir)
+    if modality not in _STORAGE:
+        raise InputError(f"DICOM modality '{modality}' is not supported (use CT, MR or OT).")
+    if units not in _UNITS:
+        raise InputError(f"DICOM units '{units}' are not supported (use {', '.join(_UNITS)}).")
+    if units == "1/mm" and modality != "CT":
+        raise InputError("DICOM units '1/mm' (linear attenuation) are only meaningful for modality CT.")
+    values = np.asarray(images)
+    if values.ndim == 2:
+        values = values[None]
+    if values.ndim != 3 or values.size == 0:
+        raise InputError(f"{out_dir}: images to write as DICOM must be (slices, H, W); got shape {values.shape}.")
+    if np.iscomplexobj(values):
+        raise InputError(f"{out_dir}: cannot write complex images as DICOM; write their magnitude.")
+    values = values.astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{out_dir}: images to write as DICOM contain NaN or Inf values.")
+    if units == "1/mm":
+        values, units = mu_to_hu(values), "HU"
+    hounsfield = modality == "CT" and units == "HU"
+    stored, slope, intercept = _quantise(values, hounsfield)
+    center, width = window if window is not None else _default_window(values)
+
+    common = _common_dataset(modality, source_meta, description, hounsfield, values.shape[1:])
+    if modality == "MR":  # the MR Image IOD has no Modality LUT: the scale goes to Real World Value Mapping
+        common.RealWorldValueMappingSequence = _real_world_mapping(slope, intercept, units)
+        center, width = (float(center) - intercept) / slope, float(width) / slope
+    else:
+        common.RescaleIntercept = _ds(intercept)
+        common.RescaleSlope = _ds(slope)
+    common.WindowCenter = _ds(center)
+    common.WindowWidth = _ds(max(float(width), 1e-6))
+    geometry = _geometry(source_meta, values.shape[1:], pixel_spacing, slice_thickness)
+    common.PixelSpacing = [_ds(v) for v in geometry["spacing"]]
+    if modality in ("CT", "MR"):
+        common.SliceThickness = _ds(geometry["thickness"])
+        common.ImageOrientationPatient = [_ds(v) for v in geometry["orientation"]]
+    if modality == "MR":
+        common.SpacingBetweenSlices = _ds(geometry["thickness"])
+
+    names = [f"IM{k + 1:05d}.dcm" for k in range(values.shape[0])]
+    with _atomic_folder(out_dir, overwrite) as tmp_dir:
+        for k, name in enumerate(names):
+            ds = _slice_dataset(common, k, stored[k], geometry, modality)
+            ds.save_as(tmp_dir / name, enforce_file_format=True)
+            _fsync(tmp_dir / name)
+    return [out_dir / name for name in names]
+
+
+def _quantise(values: np.ndarray, hounsfield: bool) -> tuple[np.ndarray, float, float]:
+    """Map float values onto uint16 with a DS-representable slope and intercept."""
+    lo, hi = float(values.min()), float(values.max())
+    if hounsfield:
+        intercept = float(min(-1024.0, np.floor(lo)))
+        slope = 1.0 if hi - intercept <= 65535 else (hi - intercept) / 65535.0
+    else:
+        intercept = lo
+        slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    slope = float(_ds(slope))
+    intercept = float(_ds(intercept))
+    if intercept > lo:  # the DS rounding of the intercept must not push the minimum below 0
+        intercept = float(_ds(np.nextafter(lo, -np.inf) - abs(lo) * 1e-9))
+    stored = np.clip(np.rint((values - intercept) / slope), 0, 65535).astype(np.uint16)
+    return stored, slope, intercept
+
+
+def _real_world_mapping(slope: float, intercept: float, units: str) -> Any:
+    """Real World Value Mapping (PS3.3 C.7.6.16.2.11): value = stored * slope + intercept."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    unit = Dataset()
+    unit.CodeValue, unit.CodingSchemeDesignator = ("[hnsf'U]", "UCUM") if units == "HU" else ("1", "UCUM")
+    unit.CodeMeaning = "Hounsfield unit" if units == "HU" else "no units"
+    item = Dataset()
+    item.RealWorldValueFirstValueMapped = 0
+    item.RealWorldValueLastValueMapped = 65535
+    item.RealWorldValueIntercept = intercept
+    item.RealWorldValueSlope = slope
+    item.LUTExplanation = "invdiff value scale"
+    item.LUTLabel = "INVDIFF"
+    item.MeasurementUnitsCodeSequence = Sequence([unit])
+    return Sequence([item])
+
+
+def _default_window(values: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(values, [1.0, 99.0])
+    if hi <= lo:
+        lo, hi = float(values.min()), float(values.max())
+    return (float(lo + hi) / 2.0, max(float(hi - lo), 1.0))
+
+
+def _ds(value: float) -> str:
+    """A DICOM Decimal String (at most 16 characters)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    return format_number_as_ds(float(value))
+
+
+def _now() -> tuple[str, str]:
+    now = _dt.datetime.now()
+    return now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+
+
+def _common_dataset(modality: str, source: Any, description: str, hounsfield: bool, shape: tuple) -> Any:
+    import pydicom.uid as uid
+    from pydicom.dataset import Dataset
+
+    from invdiff import __version__
+
+    date, time = _now()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = ""
+    ds.PatientID = "INVDIFF"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyInstanceUID = uid.generate_uid()
+    ds.StudyDate, ds.StudyTime = date, time
+    ds.StudyID = "1"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    if _source_value(source, "StudyInstanceUID"):  # same study: its date and time or none, never ours
+        ds.StudyDate = ds.StudyTime = ""
+    if source is not None:
+        for name in _PATIENT_STUDY:
+            if name in source and source[name].value not in (None, ""):
+                setattr(ds, name, source[name].value)
+    ds.SOPClassUID = getattr(uid, _STORAGE[modality])
+    ds.Modality = modality
+    ds.SeriesInstanceUID = uid.generate_uid()
+    ds.SeriesNumber = _series_number(source)
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.SeriesDescription = description[:64]
+    ds.Laterality = _source_value(source, "Laterality") or ""
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.Manufacturer = "invdiff"
+    ds.SoftwareVersions = __version__
+    ds.DerivationDescription = f"{description} (invdiff {__version__})"[:1024]
+    ds.ImageType = _IMAGE_TYPE[modality]
+    ds.AcquisitionNumber = ""
+    if modality in ("CT", "MR"):
+        ds.FrameOfReferenceUID = _source_value(source, "FrameOfReferenceUID") or uid.generate_uid()
+        ds.PositionReferenceIndicator = _source_value(source, "PositionReferenceIndicator") or ""
+        ds.PatientPosition = _source_value(source, "PatientPosition") or "HFS"
+    else:
+        ds.ConversionType = "WSD"
+        ds.PatientOrientation = ""
+        ds.RescaleType = "US"
+    if modality == "CT":
+        ds.KVP = _source_value(source, "KVP") or ""
+        ds.RescaleType = "HU" if hounsfield else "US"
+    if modality == "MR":
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "2D"
+        ds.RepetitionTime = ""
+        ds.EchoTime = ""
+        ds.EchoTrainLength = ""
+        for name in _MR_ACQUISITION:
+            if source is not None and name in source and source[name].value not in (None, ""):
+                setattr(ds, name, source[name].value)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.WindowCenterWidthExplanation = "invdiff default"
+    return ds
+
+
+def _series_number(source: Any) -> int:
+    number = _source_value(source, "SeriesNumber")
+    try:
+        return 1000 + int(number) if number not in (None, "") else 1000
+    except (TypeError, ValueError):
+        return 1000
+
+
+def _source_value(source: Any, name: str) -> Any:
+    if source is None or name not in source:
+        return None
+    return source[name].value
+
+
+def _geometry(source: Any, shape: tuple, pixel_spacing: Any, slice_thickness: Any) -> dict:
+    """Orientation, first position, spacing and thickness, from the arguments or the source."""
+    same_grid = (
+        source is not None
+        and int(_source_value(source, "Rows") or -1) == shape[0]
+        and int(_source_value(source, "Columns") or -1) == shape[1]
+    )
+    orientation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    origin = [0.0, 0.0, 0.0]
+    spacing = (1.0, 1.0)
+    thickness = 1.0
+    if source is not None:
+        try:
+            orientation = [float(v) for v in source.ImageOrientationPatient]
+        except (AttributeError, TypeError, ValueError):
+            pass
+        try:
+            origin = [float(v) for v in source.ImagePositionPatient]
+        except (AttributeError, TypeError, ValueError):
+            pass
+        if same_grid:
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                spacing = tuple(float(v) for v in source.PixelSpacing)
+        with contextlib.suppress(TypeError, ValueError):
+            thickness = float(_source_value(source, "SliceThickness") or 1.0)
+    if pixel_spacing is not None:
+        spacing = tuple(float(v) for v in pixel_spacing)
+    if slice_thickness is not None:
+        thickness = float(slice_thickness)
+    if len(spacing) != 2 or min(spacing) <= 0 or thickness <= 0:
+        raise InputError(f"DICOM pixel spacing {spacing} and slice thickness {thickness} must be positive mm.")
+    normal = np.cross(orientation[:3], orientation[3:])
+    return {"orientation": orientation, "origin": np.asarray(origin), "normal": normal,
+            "spacing": spacing, "thickness": thickness}
+
+
+def _slice_dataset(common: Any, k: int, stored: np.ndarray, geometry: dict, modality: str) -> Any:
+    import pydicom.uid as uid
+    from pydicom.dataset import FileMetaDataset
+
+    ds = common.copy()
+    ds.SOPInstanceUID = uid.generate_uid()
+    ds.InstanceNumber = k + 1
+    if modality in ("CT", "MR"):
+        position = geometry["origin"] + k * geometry["thickness"] * geometry["normal"]
+        ds.ImagePositionPatient = [_ds(v) for v in position]
+        ds.SliceLocation = _ds(float(position @ geometry["normal"]))
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+    meta.ImplementationClassUID = uid.PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "INVDIFF"
+    ds.file_meta = meta
+    return ds
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def _atomic_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out_dir``; on success rename it onto ``out_dir``.
+
+    A run killed before the end leaves only a hidden ``.NAME.*.tmp`` folder, never a partial
+    series. An existing non-empty ``out_dir`` is replaced only with ``overwrite``.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: DICOM output must be a folder, but a file with that name exists.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"{out_dir}: DICOM output folder already contains files; choose a new or empty folder.")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the DICOM output folder ({_reason(exc)}).") from None
+    old_dir: Path | None = None
+    try:
+        yield tmp_dir
+        os.chmod(tmp_dir, 0o755)
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+            os.replace(out_dir, old_dir)
+        os.replace(tmp_dir, out_dir)  # onto a missing or empty folder: atomic on POSIX
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if old_dir is not None and not out_dir.exists():
+            os.replace(old_dir, out_dir)
+        raise
+    if old_dir is not None:
+        shutil.rmtree(old_dir, ignore_errors=True)

@@ -1,0 +1,236 @@
+"""invdiff's HDF5 measurement and result files (DESIGN.md section 2).
+
+Measurement file::
+
+    /sinogram | /kspace | /image     (slices, *measurement_shape)  float32 or complex64
+    /mask, /psf, /coil_maps, ...      arrays of the operator description
+    /ground_truth                     (slices, H, W) float32 (complex64 for complex images)
+    attrs: invdiff_operator = JSON {"name", "params"} (arrays as {"$array": "<dataset>"}),
+           invdiff_format = 1, plus free-form attrs (units, source, hounsfield...)
+
+Result file::
+
+    /reconstruction  (slices, H, W)  posterior mean (magnitude for complex images; the
+                                     fastMRI submission key)
+    /reconstruction_complex (slices, H, W) complex64, complex images only
+    /std             (slices, H, W)  per-pixel posterior standard deviation (optional)
+    /samples         (K, slices, H, W) (optional)
+    attrs: invdiff_provenance = JSON (version, command line, operator, solver, settings, ...)
+
+Every writer is atomic (invdiff/io/atomic.py); every reader turns a bad file into an
+InputError naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from invdiff.errors import InputError
+from invdiff.io.atomic import atomic_path
+from invdiff.operators.base import config_from_json, config_to_json
+
+FORMAT_VERSION = 1
+MEASUREMENT_KEYS = {"radon": "sinogram", "mri": "kspace", "blur": "image"}
+DEFAULT_MEASUREMENT_KEY = "measurement"
+
+
+def measurement_key(operator_name: str) -> str:
+    """The dataset name of an operator's measurement (``measurement`` for plug-ins)."""
+    return MEASUREMENT_KEYS.get(operator_name, DEFAULT_MEASUREMENT_KEY)
+
+
+@dataclass
+class Measurement:
+    """A stack of measurements that share one operator description.
+
+    data: ``(slices, *measurement_shape)``; operator: ``{"name", "params"}`` (params may hold
+    numpy arrays); ground_truth: ``(slices, H, W)`` or None; attrs: JSON-able extras.
+    """
+
+    data: np.ndarray
+    operator: dict[str, Any]
+    ground_truth: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+
+def open_h5(path: Path) -> h5py.File:
+    """Open an HDF5 file for reading; InputError if missing, empty or not HDF5."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist.")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an HDF5 file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty.")
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        reason = "truncated or corrupted" if "truncated" in str(exc).lower() or "signature" not in str(exc).lower() else "not an HDF5 file"
+        raise InputError(f"{path}: cannot be read as HDF5 ({reason}).") from None
+
+
+def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    try:
+        return f[key][()]
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: dataset '{key}' cannot be read ({exc.__class__.__name__}); the file may be truncated.") from None
+
+
+def write_measurement(path: str | Path, m: Measurement) -> None:
+    """Write ``m`` atomically as an invdiff measurement file."""
+    text, arrays = config_to_json(m.operator)
+    names = {}
+    for key in arrays:
+        name = key[len("params/") :] if key.startswith("params/") else key
+        names[key] = name.replace("/", "_")
+    for key, name in names.items():
+        text = text.replace(json.dumps({"$array": key}), json.dumps({"$array": name}))
+    key = measurement_key(m.operator["name"])
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(key, data=m.data)
+            for k, name in names.items():
+                f.create_dataset(name, data=arrays[k])
+            if m.ground_truth is not None:
+                f.create_dataset("ground_truth", data=m.ground_truth)
+            f.attrs["invdiff_operator"] = text
+            f.attrs["invdiff_format"] = FORMAT_VERSION
+            for k, v in m.attrs.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+
+
+def read_measurement(path: str | Path) -> Measurement:
+    """Read an invdiff measurement file, or a fastMRI file as it is.
+
+    Foreign files without ``invdiff_operator`` (other than fastMRI) give an InputError telling
+    the user to describe the geometry on the command line.
+    """
+    path = Path(path)
+    with open_h5(path) as f:
+        if "invdiff_operator" not in f.attrs:
+            from invdiff.io import fastmri
+
+            if fastmri.is_fastmri(f):
+                f.close()
+                return _measurement_from_fastmri(path)
+            raise InputError(
+                f"{path}: not an invdiff measurement file (no 'invdiff_operator' attribute and no fastMRI 'kspace')."
+            )
+        text = f.attrs["invdiff_operator"]
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raise InputError(f"{path}: the 'invdiff_operator' attribute is not valid JSON.") from None
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise InputError(f"{path}: the 'invdiff_operator' attribute has no operator 'name'.")
+        refs: list[str] = []
+
+        def collect(v):
+            if isinstance(v, dict):
+                if set(v) == {"$array"}:
+                    refs.append(v["$array"])
+                else:
+                    for x in v.values():
+                        collect(x)
+            elif isinstance(v, list):
+                for x in v:
+                    collect(x)
+
+        collect(raw)
+        arrays = {}
+        for ref in refs:
+            if ref not in f:
+                raise InputError(f"{path}: dataset '{ref}' named by the operator description is missing.")
+            arrays[ref] = _read_dataset(f, ref, path)
+        operator = config_from_json(text, arrays)
+        key = measurement_key(operator["name"])
+        if key not in f:
+            raise InputError(f"{path}: no '{key}' dataset for the {operator['name']} operator.")
+        data = _read_dataset(f, key, path)
+        truth = _read_dataset(f, "ground_truth", path) if "ground_truth" in f else None
+        attrs = {k: _attr(v) for k, v in f.attrs.items() if k not in ("invdiff_operator", "invdiff_format")}
+    if data.ndim < 2:
+        raise InputError(f"{path}: dataset '{key}' has {data.ndim} dimension(s); expected (slices, ...).")
+    return Measurement(data=data, operator=operator, ground_truth=truth, attrs=attrs, source=path)
+
+
+def _measurement_from_fastmri(path: Path) -> Measurement:
+    """A fastMRI file as it is: complex image model, coil maps estimated per slice."""
+    from invdiff.io import fastmri
+
+    raw = fastmri.read_fastmri(path)
+    kspace = np.asarray(raw["kspace"])  # (slices, coils, H, W)
+    _, coils, h, w = kspace.shape
+    params = {"image_shape": [2, h, w], "mask": np.asarray(raw["mask"], dtype=np.float32)}
+    params["coil_maps"] = "estimate" if coils > 1 else None
+    attrs = {k: v for k, v in raw.get("attrs", {}).items() if isinstance(v, (str, int, float))}
+    attrs["source_format"] = "fastmri"
+    return Measurement(data=kspace, operator={"name": "mri", "params": params}, attrs=attrs, source=path)
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_result(
+    path: str | Path,
+    reconstruction: np.ndarray,
+    *,
+    std: np.ndarray | None = None,
+    samples: np.ndarray | None = None,
+    provenance: dict[str, Any] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write a result file atomically. ``reconstruction`` ``(slices, H, W)`` real or complex."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            if np.iscomplexobj(reconstruction):
+                f.create_dataset("reconstruction", data=np.abs(reconstruction).astype(np.float32))
+                f.create_dataset("reconstruction_complex", data=reconstruction.astype(np.complex64))
+            else:
+                f.create_dataset("reconstruction", data=reconstruction.astype(np.float32))
+            if std is not None:
+                f.create_dataset("std", data=std.astype(np.float32))
+            if samples is not None:
+                f.create_dataset("samples", data=samples.astype(np.complex64 if np.iscomplexobj(samples) else np.float32))
+            for k, v in (extra or {}).items():
+                f.create_dataset(k, data=v)
+            f.attrs["invdiff_provenance"] = json.dumps(provenance or {}, default=str)
+            f.attrs["invdiff_format"] = FORMAT_VERSION
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """Read a result file: dict with reconstruction, std, samples (or None) and provenance."""
+    path = Path(path)
+    with open_h5(path) as f:
+        if "reconstruction" not in f:
+            raise InputError(f"{path}: no 'reconstruction' dataset; is this an invdiff result file?")
+        out: dict[str, Any] = {"reconstruction": _read_dataset(f, "reconstruction", path)}
+        if "reconstruction_complex" in f:
+            out["reconstruction_complex"] = _read_dataset(f, "reconstruction_complex", path)
+        for key in ("std", "samples"):
+            out[key] = _read_dataset(f, key, path) if key in f else None
+        out["provenance"] = _attr(f.attrs.get("invdiff_provenance", "{}"))
+    rec = out["reconstruction"]
+    if rec.ndim == 2:
+        out["reconstruction"] = rec[None]
+    elif rec.ndim != 3:
+        raise InputError(f"{path}: 'reconstruction' has shape {rec.shape}; expected (slices, H, W).")
+    return out

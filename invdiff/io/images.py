@@ -1,0 +1,423 @@
+"""Read images for training and simulation: PNG/JPEG, TIFF, NPY/NPZ, HDF5, DICOM, NIfTI.
+
+Every reader returns an `ImageStack` whose ``data`` is ``(slices, H, W)`` float32 (complex64
+for complex input) in the file's own units (no normalisation: that is recorded in the prior),
+and every failure is an `InputError` naming the file. Loading never executes code from the
+file (``np.load(allow_pickle=False)``, no pickles anywhere).
+
+Conventions (the choices a reader has to make):
+- Channels: an image must be single-channel. RGB whose three channels are identical, and an
+  alpha channel that is fully opaque, are accepted as grey. Other colour images are an
+  InputError ("expected a single-channel image; got 3 channels") unless ``allow_rgb=True``,
+  which converts to grey with the ITU-R BT.601 luma weights ``0.299 R + 0.587 G + 0.114 B``
+  (dropping any alpha). Colour DICOM is always an error.
+- Values: NaN or Inf anywhere is an InputError. A file whose every value is zero is an
+  InputError too (nothing to learn from or reconstruct; it is almost always a failed export),
+  while single all-zero slices inside a stack are kept (the ends of a CT volume often are).
+- NIfTI volumes are reoriented to the closest canonical RAS+ orientation, then sliced along
+  ``axis`` (0: sagittal, 1: coronal, 2: axial); the two in-plane axes keep RAS+ order.
+- ``spacing`` is ``(slice, row, column)`` in mm when the format records it (DICOM, NIfTI),
+  else None; the slice spacing may be None for a single DICOM slice.
+- HDF5 without ``key``: the only 2D/3D dataset in the file. NPZ without ``key``: the only array.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from invdiff.errors import InputError
+from invdiff.io import dicom
+
+Kind = Literal["png", "jpeg", "tiff", "npy", "npz", "hdf5", "dicom", "nifti"]
+
+_SUFFIX_KIND: dict[str, Kind] = {
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
+    ".npy": "npy", ".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+    ".dcm": "dicom", ".dicom": "dicom", ".ima": "dicom", ".nii": "nifti", ".nii.gz": "nifti",
+}
+_MAGIC: list[tuple[int, bytes, Kind]] = [
+    (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"\xff\xd8\xff", "jpeg"), (0, b"II*\x00", "tiff"),
+    (0, b"MM\x00*", "tiff"), (0, b"II+\x00", "tiff"), (0, b"MM\x00+", "tiff"),
+    (0, b"\x93NUMPY", "npy"), (0, b"PK\x03\x04", "npz"), (0, b"\x89HDF\r\n\x1a\n", "hdf5"),
+    (128, b"DICM", "dicom"), (344, b"n+1\x00", "nifti"),
+]
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass
+class ImageStack:
+    """Images read from one file or DICOM series.
+
+    data: ``(slices, H, W)`` float32, or complex64 for complex input, in the file's units
+        (HU for a CT DICOM).
+    source: the file or DICOM series folder read.
+    kind: the format read.
+    hounsfield: True for CT DICOM in Hounsfield units.
+    dicom_meta: the first slice's pydicom Dataset (no pixel data) or None.
+    spacing: ``(slice, row, column)`` mm when known, else None.
+    """
+
+    data: np.ndarray
+    source: Path
+    kind: Kind
+    hounsfield: bool = False
+    dicom_meta: Any = None
+    spacing: tuple[float | None, float, float] | None = None
+
+
+def read_images(
+    path: str | os.PathLike, *, key: str | None = None, axis: int = 2, allow_rgb: bool = False
+) -> ImageStack:
+    """Read one image file, image stack or DICOM series folder into an `ImageStack`.
+
+    path: PNG/JPEG, TIFF (2D or a stack), NPY/NPZ ((H, W) or (slices, H, W)), HDF5, DICOM
+        file, DICOM series folder, or NIfTI (.nii/.nii.gz); the format comes from the suffix,
+        or from the file's first bytes when the suffix is unknown.
+    key: the NPZ array or HDF5 dataset to read (default: the only one).
+    axis: NIfTI axis to slice along, after reorientation to RAS+ (0, 1 or 2).
+    allow_rgb: convert colour images to grey instead of raising (see module docstring).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist.")
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty.")
+    kind = _kind_of(path)
+    if kind is None:
+        raise InputError(
+            f"{path}: unknown image format (expected PNG, JPEG, TIFF, NPY, NPZ, HDF5, DICOM or NIfTI)."
+        )
+    if key is not None and kind not in ("npz", "hdf5"):
+        raise InputError(f"{path}: --key only applies to NPZ and HDF5 files, not {kind.upper()}.")
+    if kind == "dicom":
+        volume = dicom.read_dicom_series([path])
+        stack = ImageStack(volume.data, path, "dicom", volume.hounsfield, volume.meta, volume.spacing)
+    elif kind == "nifti":
+        data, spacing = _read_nifti(path, axis)
+        stack = ImageStack(data, path, "nifti", spacing=spacing)
+    else:
+        data = _READERS[kind](path, key, allow_rgb)
+        stack = ImageStack(data, path, kind)
+    stack.data = _checked(stack.data, path)
+    return stack
+
+
+def read_image_paths(
+    paths: Sequence[str | os.PathLike], *, key: str | None = None, axis: int = 2, allow_rgb: bool = False
+) -> list[ImageStack]:
+    """Read many files and folders. Folders are searched recursively for image files (hidden
+    files and unknown suffixes are skipped); the DICOM files of one folder become one stack per
+    series. An explicitly named file is always read (and may fail)."""
+    stacks: list[ImageStack] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            found = _read_folder(entry, key, axis, allow_rgb)
+            if not found:
+                raise InputError(f"{entry}: folder contains no image files.")
+            stacks.extend(found)
+        else:
+            stacks.append(read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb))
+    return stacks
+
+
+# ---------------------------------------------------------------------------------------
+# formats
+# ---------------------------------------------------------------------------------------
+
+
+def _suffix_kind(path: Path) -> Kind | None:
+    if path.name.lower().endswith(".nii.gz"):
+        return "nifti"
+    return _SUFFIX_KIND.get(path.suffix.lower())
+
+
+def _kind_of(path: Path) -> Kind | None:
+    """The format from the suffix, else from the file's first bytes."""
+    kind = _suffix_kind(path)
+    if kind is not None:
+        return kind
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(348)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be opened ({dicom._reason(exc)}).") from None
+    for offset, magic, magic_kind in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return magic_kind
+    return None
+
+
+def _read_pillow(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)  # camera JPEGs: apply the EXIF orientation
+            if img.mode in ("P", "PA"):
+                img = img.convert("RGBA")
+            elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
+            pixels = np.asarray(img)
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
+        raise InputError(f"{path}: not a readable image, or truncated ({dicom._reason(exc)}).") from None
+    if pixels.ndim == 2:
+        return pixels[None].astype(np.float32)
+    return _single_channel(pixels, path, allow_rgb)[None]
+
+
+def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            pixels = series.asarray()
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable TIFF file, or truncated ({dicom._reason(exc)}).") from None
+    if "S" in axes:  # samples per pixel (RGB): move them last and reduce to one channel
+        pixels = _single_channel(np.moveaxis(pixels, axes.index("S"), -1), path, allow_rgb)
+        axes = axes.replace("S", "")
+    if "C" in axes and pixels.shape[axes.index("C")] > 1:
+        raise InputError(
+            f"{path}: expected a single-channel image; got {pixels.shape[axes.index('C')]} channels."
+        )
+    return _as_stack(pixels, path)
+
+
+def _read_npy(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    with open(path, "rb") as fh:
+        _check_npy_header(fh, path.stat().st_size, path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable NPY array ({dicom._reason(exc)}).") from None
+    return _as_stack(array, path)
+
+
+def _read_npz(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+            if not names:
+                raise InputError(f"{path}: NPZ archive holds no arrays.")
+            if key is None and len(names) > 1:
+                raise InputError(f"{path}: NPZ holds several arrays ({', '.join(names)}); choose one with --key.")
+            name = key if key is not None else names[0]
+            if name not in names:
+                raise InputError(f"{path}: NPZ has no array '{name}' (it has {', '.join(names)}).")
+            info = archive.getinfo(name + ".npy")
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size, path)
+            with archive.open(info) as member:
+                array = np.lib.format.read_array(member, allow_pickle=False)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable NPZ archive, or truncated ({dicom._reason(exc)}).") from None
+    return _as_stack(array, path)
+
+
+def _check_npy_header(fh: Any, size: int, path: Path) -> None:
+    """Check an NPY header against the bytes present, so a corrupt header can neither
+    allocate a huge array nor hide a truncated file."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
+        else:  # version 3.0 (utf-8 field names) has no public reader
+            shape, fortran, dtype = fmt._read_array_header(fh, version)
+        header_end = fh.tell()
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable NPY array ({dicom._reason(exc)}).") from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: NPY holds Python objects, which are never loaded (pickles can run code).")
+    needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if header_end + needed > size:
+        raise InputError(f"{path}: NPY array is truncated ({size - header_end} of {needed} data bytes present).")
+
+
+def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            name = key if key is not None else _only_image_dataset(fh, path)
+            if name not in fh or not isinstance(fh[name], h5py.Dataset):
+                raise InputError(f"{path}: HDF5 has no dataset '{name}'.")
+            dataset = fh[name]
+            if dataset.dtype.kind not in "biufc":
+                raise InputError(f"{path}: HDF5 dataset '{name}' is not numeric (dtype {dataset.dtype}).")
+            array = dataset[()]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable HDF5 file, or truncated ({dicom._reason(exc)}).") from None
+    return _as_stack(np.asarray(array), path)
+
+
+def _only_image_dataset(fh: Any, path: Path) -> str:
+    import h5py
+
+    found: list[str] = []
+    fh.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) else None)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(f"{path}: HDF5 holds no 2D or 3D dataset.")
+    raise InputError(f"{path}: HDF5 holds several image datasets ({', '.join(found)}); choose one with --key.")
+
+
+def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, float, float]]:
+    import nibabel
+
+    if axis not in (0, 1, 2):
+        raise InputError(f"{path}: --axis must be 0, 1 or 2 for a NIfTI volume; got {axis}.")
+    try:
+        image = nibabel.load(path)
+        if not path.name.lower().endswith(".gz"):
+            _check_nifti_size(image.header, path)
+        image = nibabel.as_closest_canonical(image)
+        header_shape = image.shape
+        if len(header_shape) > 3 and int(np.prod(header_shape[3:])) > 1:
+            raise InputError(f"{path}: NIfTI has {len(header_shape)} dimensions {header_shape}; expected a 3D volume.")
+        dtype = image.get_data_dtype()
+        volume = np.asarray(image.dataobj, dtype=np.complex64 if dtype.kind == "c" else np.float32)
+        zooms = [float(z) for z in image.header.get_zooms()[:3]]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable NIfTI file, or truncated ({dicom._reason(exc)}).") from None
+    volume = volume.reshape(volume.shape[:3] + (1,) * (3 - volume.ndim))
+    zooms = (zooms + [1.0, 1.0, 1.0])[:3]
+    others = [a for a in (0, 1, 2) if a != axis]
+    return np.moveaxis(volume, axis, 0), (zooms[axis], zooms[others[0]], zooms[others[1]])
+
+
+def _check_nifti_size(header: Any, path: Path) -> None:
+    """A corrupt header must neither allocate a huge volume nor hide a truncated file."""
+    shape = header.get_data_shape()
+    needed = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.float64)) * header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if needed > size:
+        raise InputError(f"{path}: NIfTI volume is truncated ({size} of {needed} bytes present).")
+
+
+_READERS: dict[str, Callable[[Path, str | None, bool], np.ndarray]] = {
+    "png": _read_pillow, "jpeg": _read_pillow, "tiff": _read_tiff,
+    "npy": _read_npy, "npz": _read_npz, "hdf5": _read_hdf5,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# folders and DICOM series
+# ---------------------------------------------------------------------------------------
+
+
+def _read_dicom_folder(folder: Path) -> ImageStack:
+    files = _dicom_files(folder)
+    if not files:
+        raise InputError(f"{folder}: is a folder without DICOM files (use read_image_paths for folders of images).")
+    groups = dicom.group_dicom_series(files)
+    if len(groups) > 1:
+        raise InputError(f"{folder}: folder holds {len(groups)} DICOM series; give one series folder.")
+    return _series_stack(folder, groups[0])
+
+
+def _series_stack(folder: Path, files: list[Path]) -> ImageStack:
+    volume = dicom.read_dicom_series(files)
+    data = _checked(volume.data, folder)
+    return ImageStack(data, folder, "dicom", volume.hounsfield, volume.meta, volume.spacing)
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files directly in ``folder``: by suffix, or by the 'DICM' marker when suffix-less."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        kind = _suffix_kind(path)
+        if kind == "dicom" or (kind is None and dicom.is_dicom_file(path)):  # also UID-named files "1.2.3.4"
+            files.append(path)
+    return files
+
+
+def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool) -> list[ImageStack]:
+    stacks: list[ImageStack] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(root)
+        dicom_files = _dicom_files(here)
+        for group in dicom.group_dicom_series(dicom_files) if dicom_files else []:
+            stacks.append(_series_stack(here, group))
+        for name in sorted(names):
+            path = here / name
+            if name.startswith(".") or path in dicom_files:
+                continue
+            kind = _suffix_kind(path)
+            if kind is not None and kind != "dicom":
+                stacks.append(read_images(path, key=key, axis=axis, allow_rgb=allow_rgb))
+    return stacks
+
+
+# ---------------------------------------------------------------------------------------
+# checks shared by every format
+# ---------------------------------------------------------------------------------------
+
+
+def _single_channel(pixels: np.ndarray, path: Path, allow_rgb: bool) -> np.ndarray:
+    """``(..., C)`` -> ``(...)``: drop an opaque alpha; accept grey-as-RGB; luma only with allow_rgb."""
+    channels = pixels.shape[-1]
+    if channels in (2, 4):
+        alpha = pixels[..., -1]
+        opaque = np.all(alpha == np.iinfo(alpha.dtype).max) if alpha.dtype.kind in "ui" else np.all(alpha == 1)
+        if opaque or allow_rgb:
+            pixels, channels = pixels[..., :-1], channels - 1
+    if channels == 1:
+        return pixels[..., 0].astype(np.float32)
+    if channels == 3:
+        if np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2]):
+            return pixels[..., 0].astype(np.float32)
+        if allow_rgb:
+            return (pixels.astype(np.float64) @ _LUMA).astype(np.float32)
+    raise InputError(f"{path}: expected a single-channel image; got {pixels.shape[-1]} channels.")
+
+
+def _as_stack(array: np.ndarray, path: Path) -> np.ndarray:
+    """Any numeric array (H, W) or (..., H, W) with singleton extra axes -> (slices, H, W)."""
+    if array.dtype.kind not in "biufc":
+        raise InputError(f"{path}: array has non-numeric dtype {array.dtype}.")
+    squeezed = array.reshape([n for n in array.shape[:-2] if n != 1] + list(array.shape[-2:])) if array.ndim >= 2 else array
+    if squeezed.ndim == 2:
+        squeezed = squeezed[None]
+    if squeezed.ndim != 3:
+        raise InputError(f"{path}: expected an image (H, W) or a stack (slices, H, W); got shape {array.shape}.")
+    return squeezed
+
+
+def _checked(data: np.ndarray, path: Path) -> np.ndarray:
+    """float32/complex64 ``(slices, H, W)``, finite, non-empty and not all zero."""
+    data = np.ascontiguousarray(data, dtype=np.complex64 if np.iscomplexobj(data) else np.float32)
+    if data.size == 0:
+        raise InputError(f"{path}: image has no pixels (shape {data.shape}).")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise InputError(f"{path}: image contains {bad} NaN or Inf values.")
+    if min(data.shape[1:]) < 2:
+        raise InputError(f"{path}: images of {data.shape[1]}x{data.shape[2]} pixels are too small (shape {data.shape}).")
+    if not np.any(data):
+        raise InputError(f"{path}: image is all zeros (an empty or failed export?).")
+    return data

@@ -1,0 +1,82 @@
+"""Quality of a result against a reference image, and its data residual (`invdiff evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from invdiff import metrics
+from invdiff.errors import InputError
+from invdiff.io.hdf5 import Measurement, open_h5, read_measurement
+
+
+def load_reference(path: Path, key: str | None = None) -> tuple[np.ndarray, Measurement | None]:
+    """The reference volume ``(slices, H, W)``: a simulated measurement's ``ground_truth``,
+    or any image file. Returns the measurement too when the reference is one."""
+    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        with open_h5(path) as f:
+            is_measurement = "invdiff_operator" in f.attrs
+            if not is_measurement:
+                if key is None and "reconstruction" in f:
+                    key = "reconstruction"
+                if key is None or key not in f:
+                    raise InputError(f"{path}: no 'ground_truth' or --key dataset to use as the reference.")
+                data = np.asarray(f[key][()])
+                return (data[None] if data.ndim == 2 else data), None
+        m = read_measurement(path)
+        if m.ground_truth is None:
+            raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
+        return m.ground_truth, m
+    from invdiff.io.images import read_images
+
+    return read_images(path, key=key).data, None
+
+
+def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float]:
+    """||A x - y|| / ||y|| and the discrepancy ratio ||A x - y||^2 / E||noise||^2 (about 1 for a
+    reconstruction that fits the data to the noise level; Morozov's discrepancy principle)."""
+    from invdiff.pipeline.reconstruct import slice_operators
+    from invdiff.pipeline.simulate import image_tensor
+
+    op_for = slice_operators(m, "cpu", torch.float64)
+    num = den = expected = 0.0
+    for i in range(m.data.shape[0]):
+        op = op_for(i)
+        x = image_tensor(reconstruction[i : i + 1], op.image_shape[0])
+        y = torch.from_numpy(np.asarray(m.data[i : i + 1]))
+        y = y.to(torch.complex128) if y.is_complex() else y.double()
+        r = op.forward(x) - y
+        num += float((r.abs() ** 2).sum())
+        den += float((y.abs() ** 2).sum())
+        expected += op.noise.expected_sq_residual(y)
+    out = {"residual": float(np.sqrt(num / den)) if den > 0 else float("nan")}
+    out["discrepancy_ratio"] = num / expected if expected > 1e-9 * max(num, 1e-30) else float("nan")
+    return out
+
+
+def evaluate(result: dict[str, Any], reference: np.ndarray, *, data_range: float | None, m: Measurement | None) -> dict[str, Any]:
+    """PSNR / SSIM / NMSE (fastMRI definitions), coverage of the std, residual."""
+    rec = result["reconstruction"]
+    ref = np.abs(reference) if np.iscomplexobj(reference) else reference
+    if ref.ndim == 2:
+        ref = ref[None]
+    if ref.shape != rec.shape:
+        raise InputError(f"the reference has shape {ref.shape} but the reconstruction has {rec.shape}.")
+    rng = metrics.data_range_of(ref, data_range)
+    out: dict[str, Any] = {
+        "psnr": metrics.psnr(ref, rec, rng),
+        "ssim": metrics.ssim(ref, rec, rng),
+        "nmse": metrics.nmse(ref, rec),
+        "data_range": rng,
+        "psnr_per_slice": metrics.psnr_per_slice(ref, rec, rng),
+        "ssim_per_slice": metrics.ssim_per_slice(ref, rec, rng),
+    }
+    if result.get("std") is not None and np.any(result["std"]):
+        out["coverage_2std"] = metrics.coverage(ref, rec, result["std"], 2.0)
+    if m is not None:
+        x = result.get("reconstruction_complex")
+        out.update(data_residual(m, x if x is not None else rec))
+    return out

@@ -1,0 +1,83 @@
+"""Writing a reconstruction: HDF5 result, optional DICOM series and PNG preview, provenance."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import invdiff
+from invdiff.io.hdf5 import Measurement, write_result
+from invdiff.operators.base import config_to_json
+
+
+def provenance(m: Measurement, info: dict[str, Any], *, seed: int, device: str, prior=None) -> dict[str, Any]:
+    """The ``invdiff_provenance`` record (DESIGN.md section 2)."""
+    text, _ = config_to_json(m.operator)
+    import json
+
+    record = {
+        "invdiff_version": invdiff.__version__,
+        "command_line": shlex.join(["invdiff", *sys.argv[1:]]),
+        "input": str(m.source) if m.source else None,
+        "operator": json.loads(text),
+        "seed": seed,
+        "device": device,
+        "python": platform.python_version(),
+        **info,
+    }
+    if prior is not None:
+        record["prior"] = {"path": str(getattr(prior, "path", "")), "checksum": getattr(prior, "checksum", None)}
+    return record
+
+
+def dicom_modality(operator_name: str) -> str:
+    return {"radon": "CT", "mri": "MR"}.get(operator_name, "OT")
+
+
+def write_outputs(
+    m: Measurement,
+    reconstruction: np.ndarray,
+    std: np.ndarray | None,
+    samples: np.ndarray | None,
+    record: dict[str, Any],
+    *,
+    out: Path,
+    dicom_dir: Path | None = None,
+    png: Path | None = None,
+) -> None:
+    """Write DICOM and PNG first, then the HDF5 result (each atomically), so a result file
+    on disk means the whole job finished."""
+    if dicom_dir is not None:
+        from invdiff.io.dicom import mu_to_hu, write_dicom_series
+        from invdiff.io.dicom_meta import meta_from_json
+
+        image = np.abs(reconstruction) if np.iscomplexobj(reconstruction) else reconstruction
+        modality = dicom_modality(m.operator["name"])
+        units = "HU" if m.attrs.get("hounsfield") else "arbitrary"
+        if units == "HU":
+            image = mu_to_hu(image)
+        pixel = m.operator["params"].get("pixel_size")
+        write_dicom_series(
+            dicom_dir,
+            image,
+            modality=modality,
+            source_meta=meta_from_json(m.attrs.get("source_dicom")),
+            description=f"invdiff {record.get('solver') or record.get('method')}",
+            units=units,
+            pixel_spacing=(pixel, pixel) if pixel else None,
+            overwrite=True,
+        )
+    if png is not None:
+        from invdiff.io.png import save_preview
+
+        image = np.abs(reconstruction) if np.iscomplexobj(reconstruction) else reconstruction
+        reference = m.ground_truth
+        if reference is not None and np.iscomplexobj(reference):
+            reference = np.abs(reference)
+        save_preview(png, image, std=std, reference=reference)
+    write_result(out, reconstruction, std=std, samples=samples, provenance=record)

@@ -1,0 +1,151 @@
+"""Optional data augmentation spanning the variety of images users bring.
+
+Each transform is applied to a sample with its own probability; every parameter is recorded
+in the prior's config.json. Order: geometry (flips, 90-degree rotations, small rotation and
+scaling, elastic deformation as in Simard et al. 2003, one bilinear ``grid_sample``, reflection
+padding) -> intensity curves (gamma, random window = contrast/brightness, contrast inversion;
+magnitude images only, C = 1) -> Gaussian blur -> down/up-sampling -> additive Gaussian noise.
+
+Random parameters are drawn for the whole global batch (``draw``) and applied to a rank's shard
+(``apply``), so data-parallel runs see the same images as one process. All on x's device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from invdiff.errors import InputError
+
+
+@dataclass
+class AugmentConfig:
+    p_flip: float = 0.5
+    p_rot90: float = 0.5
+    p_affine: float = 0.3
+    max_rotation_deg: float = 15.0
+    max_scale: float = 0.15  # scale factor in [1 - max_scale, 1 + max_scale]
+    p_elastic: float = 0.2
+    elastic_alpha: float = 0.02  # displacement std as a fraction of the half image size
+    elastic_grid: int = 4  # control points per side
+    p_gamma: float = 0.3
+    max_log_gamma: float = 0.4  # gamma = exp(U(-m, m))
+    p_window: float = 0.3
+    window_range: float = 0.2  # contrast in [1 - r, 1 + r], brightness in [-r/2, r/2]
+    p_invert: float = 0.05
+    p_blur: float = 0.1
+    max_blur_sigma: float = 1.0  # pixels
+    p_resample: float = 0.1
+    max_resample_factor: float = 2.0
+    p_noise: float = 0.1
+    max_noise_std: float = 0.03  # in normalised units
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if name.startswith("p_") and not 0.0 <= value <= 1.0:
+                raise InputError(f"augmentation probability {name} must lie in [0, 1], got {value}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AugmentConfig":
+        return cls(**d)
+
+
+class Augmenter:
+    """``draw(shape, generator, device) -> params``; ``apply(x_shard, params_shard) -> x``."""
+
+    def __init__(self, config: AugmentConfig):
+        self.c = config
+
+    def draw(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        b = shape[0]
+        c = self.c
+        u = lambda *s: torch.rand(b, *s, generator=generator, device=device)  # noqa: E731
+        g = c.elastic_grid
+        return {
+            "coin": u(10),  # one coin per transform
+            "flip": u(2), "rot90": u(1), "angle": u(1), "scale": u(1),
+            "elastic": torch.randn(b, 2, g, g, generator=generator, device=device),
+            "gamma": u(1), "contrast": u(1), "brightness": u(1),
+            "blur": u(1), "resample": u(1), "noise_std": u(1),
+            "noise": torch.randn(shape, generator=generator, device=device),
+        }
+
+    def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = self.c
+        coin = p["coin"]
+        on = lambda i, prob: (coin[:, i] < prob)  # noqa: E731
+        x = self._geometry(x, p, on)
+        if x.shape[1] == 1:
+            v = x.float()
+            gamma = torch.exp((2 * p["gamma"][:, 0] - 1) * c.max_log_gamma)
+            gamma = torch.where(on(4, c.p_gamma), gamma, torch.ones_like(gamma)).view(-1, 1, 1, 1)
+            v = torch.sign(v) * v.abs().pow(gamma)
+            contrast = 1 + (2 * p["contrast"][:, 0] - 1) * c.window_range
+            bright = (p["brightness"][:, 0] - 0.5) * c.window_range
+            w = on(5, c.p_window)
+            v = torch.where(w.view(-1, 1, 1, 1), v * contrast.view(-1, 1, 1, 1) + bright.view(-1, 1, 1, 1), v)
+            inv = on(6, c.p_invert).view(-1, 1, 1, 1)
+            top = v.flatten(1).amax(1).view(-1, 1, 1, 1)
+            x = torch.where(inv, top - v, v).to(x.dtype)
+        x = self._blur(x, torch.where(on(7, c.p_blur), p["blur"][:, 0] * c.max_blur_sigma, torch.zeros_like(p["blur"][:, 0])))
+        x = self._resample(x, on(8, c.p_resample), 1 + p["resample"][:, 0] * (c.max_resample_factor - 1))
+        std = torch.where(on(9, c.p_noise), p["noise_std"][:, 0] * c.max_noise_std, torch.zeros_like(p["noise_std"][:, 0]))
+        return x + std.view(-1, 1, 1, 1) * p["noise"]
+
+    def _geometry(self, x: torch.Tensor, p: dict, on) -> torch.Tensor:
+        c = self.c
+        b, _, h, w = x.shape
+        fx = torch.where(on(0, c.p_flip) & (p["flip"][:, 0] < 0.5), -1.0, 1.0)
+        fy = torch.where(on(0, c.p_flip) & (p["flip"][:, 0] >= 0.5), -1.0, 1.0)
+        k = torch.where(on(1, c.p_rot90), torch.floor(p["rot90"][:, 0] * 4), torch.zeros_like(fx))
+        angle = k * (math.pi / 2)
+        aff = on(2, c.p_affine)
+        angle = angle + torch.where(aff, (2 * p["angle"][:, 0] - 1) * math.radians(c.max_rotation_deg), torch.zeros_like(fx))
+        scale = torch.where(aff, 1 + (2 * p["scale"][:, 0] - 1) * c.max_scale, torch.ones_like(fx))
+        elastic = on(3, c.p_elastic)
+        if not (fx.ne(1).any() or fy.ne(1).any() or angle.ne(0).any() or scale.ne(1).any() or elastic.any()):
+            return x
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.zeros(b, 2, 3, device=x.device, dtype=torch.float32)
+        theta[:, 0, 0], theta[:, 0, 1] = cos * fx / scale, -sin * fy / scale
+        theta[:, 1, 0], theta[:, 1, 1] = sin * fx / scale, cos * fy / scale
+        grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+        disp = p["elastic"] * c.elastic_alpha * elastic.view(-1, 1, 1, 1)
+        disp = F.interpolate(disp, size=(h, w), mode="bicubic", align_corners=True)
+        grid = grid + disp.permute(0, 2, 3, 1)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False).to(x.dtype)
+
+    def _blur(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Separable Gaussian blur with a per-sample sigma ``(B,)`` (0 = untouched)."""
+        if not bool(sigma.gt(0).any()):
+            return x
+        b, ch, h, w = x.shape
+        r = max(1, math.ceil(3 * self.c.max_blur_sigma))
+        t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
+        s = sigma.clamp_min(1e-3).view(-1, 1)
+        k = torch.exp(-0.5 * (t / s) ** 2)
+        k = torch.where(sigma.view(-1, 1) > 0, k / k.sum(1, keepdim=True), (t == 0).float().expand_as(k))
+        k = k.repeat_interleave(ch, 0)  # (B*C, 2r+1)
+        y = F.pad(x.float().reshape(1, b * ch, h, w), (r, r, r, r), mode="reflect")
+        y = F.conv2d(y, k.view(b * ch, 1, 1, -1), groups=b * ch)
+        y = F.conv2d(y, k.view(b * ch, 1, -1, 1), groups=b * ch)
+        return y.reshape(b, ch, h, w).to(x.dtype)
+
+    @staticmethod
+    def _resample(x: torch.Tensor, mask: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """Down-sample by ``factor`` (area) and back up (bilinear) where ``mask``: a loss of resolution."""
+        if not bool(mask.any()):
+            return x
+        h, w = x.shape[-2:]
+        out = x.clone()
+        for i in torch.nonzero(mask).flatten().tolist():
+            f = float(factor[i])
+            small = F.interpolate(x[i:i + 1].float(), size=(max(1, round(h / f)), max(1, round(w / f))), mode="area")
+            out[i:i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).to(x.dtype)
+        return out

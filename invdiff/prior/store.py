@@ -1,0 +1,242 @@
+"""A prior on disk: a directory with ``config.json`` + ``weights_ema.safetensors`` + ``weights.safetensors``.
+
+config.json holds everything needed to rebuild the denoiser (network architecture,
+preconditioning and SDE, sigma range, image size, channels, intensity normalisation,
+augmentation, training data summary and command, invdiff version, ``format_version``) and the
+sha256 of the EMA weights. Loading reads JSON and safetensors only: no pickle is ever opened,
+so a prior file cannot execute code. Any problem (missing or edited config, weights that do not
+fit the architecture, a newer format) is an InputError naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import invdiff
+from invdiff.errors import InputError
+from invdiff.io.atomic import atomic_path, atomic_write_text
+from invdiff.prior.data import Normalisation
+from invdiff.prior.denoiser import as_sigma
+from invdiff.prior.precond import Precond
+from invdiff.prior.unet import UNet, UNetConfig
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+EMA_NAME = "weights_ema.safetensors"
+RAW_NAME = "weights.safetensors"
+
+
+def default_prior_path() -> Path:
+    """The small pretrained brain prior shipped with invdiff: ``<repo>/data/priors/brain128``."""
+    return Path(invdiff.__file__).parent.parent / "data" / "priors" / "brain128"
+
+
+def build_precond(config: dict) -> Precond:
+    """Rebuild the (untrained) preconditioned network a config describes."""
+    net = UNet(UNetConfig.from_dict(config["network"]["unet"]))
+    p = config["precond"]
+    return Precond(net, kind=p["kind"], sigma_data=float(p["sigma_data"]), sigma_min=float(p["sigma_min"]),
+                   sigma_max=float(p["sigma_max"]), energy=bool(p.get("energy", False)))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict to safetensors atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(_contiguous(state), str(tmp), metadata=metadata)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (never a pickle); InputError naming the file if it is not one."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputError(f"{path}: weights file is missing.")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # SafetensorError, header parse errors, truncated files
+        raise InputError(f"{path}: is not a valid safetensors weights file ({type(exc).__name__}).") from None
+
+
+def save_prior(out_dir: Path, config: dict, raw_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor]) -> Path:
+    """Write the prior directory: weights first, then config.json with the EMA checksum."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(out_dir / RAW_NAME, raw_state)
+    save_weights(out_dir / EMA_NAME, ema_state)
+    config = dict(config)
+    config["format_version"] = FORMAT_VERSION
+    config["invdiff_version"] = invdiff.__version__
+    config["weights_ema_sha256"] = sha256_file(out_dir / EMA_NAME)
+    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def read_config(prior_dir: Path) -> dict:
+    """Parse and check config.json; InputError naming the file on any problem."""
+    path = Path(prior_dir) / CONFIG_NAME
+    if not Path(prior_dir).is_dir():
+        raise InputError(f"{prior_dir}: prior directory does not exist.")
+    if not path.is_file():
+        raise InputError(f"{path}: prior config is missing (is {prior_dir} a prior directory?).")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: prior config is not valid JSON ({exc.__class__.__name__}).") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: prior config is not a JSON object.")
+    version = config.get("format_version")
+    if not isinstance(version, int):
+        raise InputError(f"{path}: prior config has no integer format_version.")
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path}: prior format_version {version} is newer than this invdiff reads "
+                         f"({FORMAT_VERSION}); upgrade invdiff.")
+    try:
+        UNetConfig.from_dict(config["network"]["unet"])
+        p = config["precond"]
+        float(p["sigma_data"]), float(p["sigma_min"]), float(p["sigma_max"]), str(p["kind"])
+        int(config["channels"]), int(config["image_size"])
+        Normalisation.from_dict(config["normalisation"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: prior config is incomplete or edited (bad or missing entry {exc}).") from None
+    except InputError as exc:
+        raise InputError(f"{path}: prior config holds a bad value ({exc}).") from None
+    return config
+
+
+class Prior(nn.Module):
+    """A trained prior as a Denoiser: ``prior(x, sigma, class_labels=None) -> D(x, sigma)``.
+
+    x ``(B, C, H, W)`` in the prior's normalised units, sigma ``(B,)`` or a float. Gradients flow
+    through it with respect to x (parameters are frozen). ``normalise``/``denormalise`` map
+    images between their own units and the prior's.
+    """
+
+    def __init__(self, precond: Precond, config: dict, checksum: str = ""):
+        super().__init__()
+        self.precond = precond.eval().requires_grad_(False)
+        self.config = config
+        self.checksum = checksum
+        self.sigma_min = float(precond.sigma_min)
+        self.sigma_max = float(precond.sigma_max)
+        self.sigma_data = float(precond.sigma_data)
+        self.channels = int(config["channels"])
+        self.image_size = int(config["image_size"])
+        self.num_classes = int(config["network"]["unet"].get("num_classes", 0))
+        self.normalisation = Normalisation.from_dict(config["normalisation"])
+        fully_conv = not config["network"]["unet"].get("attention_levels")
+        self.image_shape = (self.channels, None, None) if fully_conv else (self.channels, self.image_size, self.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.precond.parameters()).device
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.precond(x, as_sigma(sigma, x), class_labels)
+
+    def guided(self, w: float, class_label: int) -> "GuidedDenoiser":
+        """Classifier-free guidance (Ho & Salimans 2021): D_w = (1 + w) D(x | c) - w D(x | null)."""
+        if self.num_classes <= 0:
+            raise InputError("this prior is unconditional; classifier-free guidance needs a class-conditional prior.")
+        if not 0 <= int(class_label) < self.num_classes:
+            raise InputError(f"class label {class_label} is outside 0..{self.num_classes - 1}.")
+        return GuidedDenoiser(self, float(w), int(class_label))
+
+    def normalise(self, images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(N, H, W)`` (real, or complex for C = 2) or ``(N, C, H, W)`` in their own units ->
+        (x ``(N, C, H, W)`` float32 in the prior's units on its device, scale ``(N,)``)."""
+        t = torch.as_tensor(images) if not torch.is_tensor(images) else images
+        t = t.to(self.device)
+        if t.ndim == 3:
+            if self.channels == 2:
+                if not t.is_complex():
+                    raise InputError("this prior expects complex images (2 channels), but the images are real.")
+                t4 = torch.stack([t.real, t.imag], 1)
+            else:
+                t4 = (t.abs() if t.is_complex() else t)[:, None]
+            ref = t
+        elif t.ndim == 4:
+            if t.shape[1] != self.channels:
+                raise InputError(f"images have {t.shape[1]} channels but the prior has {self.channels}.")
+            t4 = t
+            ref = torch.complex(t[:, 0], t[:, 1]) if self.channels == 2 else t[:, 0]
+        else:
+            raise InputError(f"images must be (N, H, W) or (N, C, H, W), got shape {tuple(t.shape)}.")
+        scale = self.normalisation.scales(ref).to(self.device)
+        x = (t4.to(torch.float32) - self.normalisation.offset) / scale[:, None, None, None]
+        return x, scale
+
+    def denormalise(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``normalise``: x ``(N, C, H, W)`` -> ``(N, C, H, W)`` in image units."""
+        return x * scale.reshape(-1, 1, 1, 1).to(x) + self.normalisation.offset
+
+
+class GuidedDenoiser:
+    """D_w(x, sigma) = (1 + w) D(x, sigma | c) - w D(x, sigma | null) for one class c."""
+
+    def __init__(self, prior: Prior, w: float, class_label: int):
+        self.prior = prior
+        self.w = w
+        self.class_label = class_label
+        self.sigma_min, self.sigma_max, self.sigma_data = prior.sigma_min, prior.sigma_max, prior.sigma_data
+        self.image_shape = prior.image_shape
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        b = x.shape[0]
+        cond = torch.full((b,), self.class_label, dtype=torch.long, device=x.device)
+        null = torch.full((b,), self.prior.num_classes, dtype=torch.long, device=x.device)
+        return (1 + self.w) * self.prior(x, sigma, cond) - self.w * self.prior(x, sigma, null)
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> Prior:
+    """Load a prior directory (JSON + safetensors only). ``weights``: ``ema`` (default) or ``raw``."""
+    prior_dir = Path(path)
+    config = read_config(prior_dir)
+    wfile = prior_dir / (EMA_NAME if weights == "ema" else RAW_NAME)
+    state = load_weights(wfile)
+    checksum = sha256_file(wfile) if weights == "ema" else sha256_file(prior_dir / EMA_NAME)
+    expected = config.get("weights_ema_sha256")
+    if weights == "ema" and expected is not None and expected != checksum:
+        raise InputError(f"{wfile}: weights do not match the checksum recorded in {CONFIG_NAME} "
+                         "(edited, or written while training was saving; retry).")
+    try:
+        precond = build_precond(config)
+    except (InputError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{prior_dir / CONFIG_NAME}: cannot build the network it describes ({exc}).") from None
+    try:
+        precond.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise InputError(f"{wfile}: weights do not fit the architecture in {CONFIG_NAME} ({detail[:200]}).") from None
+    return Prior(precond, config, checksum).to(device)
+
+
+def describe(config: dict) -> dict[str, Any]:
+    """A short summary of a prior config (for ``invdiff info``)."""
+    u = config["network"]["unet"]
+    return {"channels": config["channels"], "image_size": config["image_size"], "sde": config["precond"]["kind"],
+            "energy": config["precond"].get("energy", False), "sigma_min": config["precond"]["sigma_min"],
+            "sigma_max": config["precond"]["sigma_max"], "sigma_data": config["precond"]["sigma_data"],
+            "base_channels": u["base_channels"], "channel_mults": u["channel_mults"],
+            "steps": config.get("training", {}).get("steps_done"), "format_version": config.get("format_version")}

@@ -1,0 +1,308 @@
+"""The solver contract: a registry of posterior samplers and the one call that runs them.
+
+A solver draws ONE sample of p(x | y) per batch element from a prior given as a denoiser
+D(x, sigma) (invdiff/prior/denoiser.py) and any operator of invdiff/operators/base.py. The
+pipeline draws K samples by repeating the batch K times.
+
+Each solver module exposes ``SOLVER = Solver(...)`` and is registered through the entry-point
+group ``invdiff.solvers``. Its ``run`` function has the signature
+
+    run(operator, y, denoiser, *, steps: int, guidance: float, opts: <options_type>,
+        generator: torch.Generator, callback: Callable[[StepInfo], None] | None) -> x
+
+with y ``(B, *measurement_shape)`` on the operator's device and x ``(B, C, H, W)``.
+
+NFE (network function evaluations): :func:`run_solver` wraps the denoiser in a counter. One
+call of D on the whole batch counts as one evaluation (the usual convention; DPS also pays a
+backward pass per evaluation). The count reaches the caller through the callback
+(``StepInfo.nfe``, after every step) and through :class:`SolverInfo` from
+:func:`run_solver_with_info` (the pipeline records it in the provenance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from invdiff.errors import DivergenceError, InputError
+from invdiff.operators.base import Operator, ScaledOperator
+from invdiff.prior.denoiser import Denoiser
+from invdiff.registry import Registry
+from invdiff.solvers.likelihood import discrepancy_ratio, squared_abs
+
+SOLVERS = Registry("invdiff.solvers", "solver")
+
+#: a run whose residual ||A x - y|| exceeds this many times max(||y||, expected noise norm)
+#: has diverged (the zero image scores 1; any sensible reconstruction scores below 1).
+DIVERGENCE_FACTOR = 10.0
+
+#: key of ``Solver.defaults`` used for operators without their own entry.
+ANY_OPERATOR = "*"
+
+
+@dataclass
+class CommonOptions:
+    """Options every solver accepts."""
+
+    data_weight: str = "1"
+    """Likelihood multiplier (a positive number) or 'auto' (discrepancy-principle hook, see
+    invdiff/solvers/likelihood.py). 1 trusts the noise model: the Bayesian posterior."""
+
+
+@dataclass
+class StepInfo:
+    """What a solver reports after each step (the callback's argument)."""
+
+    step: int
+    """Steps finished so far (1-based)."""
+    total: int
+    """Total number of steps."""
+    sigma: float
+    """Noise level (or coupling) of the step just finished, in prior units."""
+    denoised: torch.Tensor | None = None
+    """Current estimate of the clean image ``(B, C, H, W)`` (not a copy; do not modify)."""
+    nfe: int = 0
+    """Network evaluations so far (filled in by run_solver)."""
+
+
+@dataclass
+class SolverInfo:
+    """Summary of one run (for the provenance and benchmarks)."""
+
+    solver: str
+    steps: int
+    guidance: float
+    options: dict[str, Any]
+    nfe: int
+    seconds: float
+    discrepancy: list[float]
+    """Per batch element ``||A x - y||^2_{1/v} / dof``: about 1 when the sample fits the data to
+    the noise level (Morozov), much less when it fits the noise."""
+
+
+@dataclass
+class Solver:
+    """A registered posterior solver (see the module docstring for ``run``'s signature)."""
+
+    name: str
+    run: Callable[..., torch.Tensor]
+    options_type: type
+    """A dataclass (subclass of CommonOptions) of this solver's options with defaults."""
+    defaults: dict[str, dict[str, Any]]
+    """Operator name (or '*') -> tuned defaults: 'steps', 'guidance' and option values."""
+    description: str
+    exact: bool = False
+    """True when the samples follow the exact posterior as the step count grows."""
+    guidance_meaning: str = ""
+    """What ``--guidance`` sets for this solver (one phrase, for --help and provenance)."""
+
+    def option_names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.options_type)]
+
+    def defaults_for(self, operator_name: str) -> dict[str, Any]:
+        merged = dict(self.defaults.get(ANY_OPERATOR, {}))
+        merged.update(self.defaults.get(operator_name, {}))
+        return merged
+
+
+def get_solver(name: str) -> Solver:
+    """The solver registered as ``name`` (InputError listing the choices if unknown)."""
+    solver = SOLVERS.get(name)
+    if not isinstance(solver, Solver):
+        raise InputError(f"solver plug-in '{name}' does not provide an invdiff Solver object.")
+    return solver
+
+
+class CountingDenoiser:
+    """Wraps a denoiser and counts its calls (NFE); forwards sigma_min/max/data."""
+
+    def __init__(self, denoiser: Denoiser):
+        self.inner = denoiser
+        self.nfe = 0
+        self.sigma_min = float(denoiser.sigma_min)
+        self.sigma_max = float(denoiser.sigma_max)
+        self.sigma_data = float(denoiser.sigma_data)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        self.nfe += 1
+        return self.inner(x, sigma)
+
+
+def operator_name(operator: Operator) -> str:
+    """The registered name, looking through ScaledOperator wrappers."""
+    while isinstance(operator, ScaledOperator):
+        operator = operator.base
+    return operator.name
+
+
+# --- options -----------------------------------------------------------------------------
+def _parse_value(solver: str, key: str, raw: Any, kind: Any) -> Any:
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            value = float(text)
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a finite number"}[kind]
+        raise InputError(f"option {key} of solver {solver} must be {what}, got '{raw}'.") from None
+    return text
+
+
+def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[str, Any] | None = None) -> Any:
+    """Build ``solver.options_type`` from preset values overridden by the user's ``options``.
+
+    Values may be strings (from the command line) or numbers; unknown names raise InputError
+    with one sentence listing the valid ones.
+    """
+    names = solver.option_names()
+    hints = typing.get_type_hints(solver.options_type)
+    values: dict[str, Any] = {}
+    for source in (preset or {}, options or {}):
+        for key, raw in source.items():
+            if key not in names:
+                raise InputError(
+                    f"Unknown option '{key}' for solver {solver.name}; valid options: {', '.join(names)}."
+                )
+            values[key] = _parse_value(solver.name, key, raw, hints[key])
+    return solver.options_type(**values)
+
+
+def resolve_settings(
+    solver: Solver,
+    operator: Operator,
+    steps: int | None,
+    guidance: float | None,
+    options: dict[str, Any] | None,
+) -> tuple[int, float, Any]:
+    """Fill steps, guidance and options from the solver's defaults for this operator."""
+    preset = solver.defaults_for(operator_name(operator))
+    steps = int(preset.get("steps", 100)) if steps is None else steps
+    guidance = float(preset.get("guidance", 1.0)) if guidance is None else guidance
+    if not (isinstance(steps, int) and steps >= 1):
+        raise InputError(f"--steps must be a positive integer, got {steps!r}.")
+    if not (math.isfinite(float(guidance)) and guidance >= 0):
+        raise InputError(f"--guidance must be a finite number >= 0, got {guidance!r}.")
+    preset_opts = {k: v for k, v in preset.items() if k not in ("steps", "guidance")}
+    return steps, float(guidance), parse_options(solver, options, preset_opts)
+
+
+# --- running -----------------------------------------------------------------------------
+def check_result(solver_name: str, operator: Operator, x: torch.Tensor, y: torch.Tensor) -> None:
+    """DivergenceError if x is not finite or its data residual exploded (one host sync)."""
+    res = squared_abs(operator.forward(x) - y).reshape(x.shape[0], -1).sum(1)
+    scale = squared_abs(y).reshape(y.shape[0], -1).sum(1).clamp(min=operator.noise.expected_sq_residual(y))
+    ratio = (res / scale.clamp(min=1e-30)).sqrt()
+    bad = ~torch.isfinite(x).reshape(x.shape[0], -1).all(1) | ~(ratio <= DIVERGENCE_FACTOR)
+    if bool(bad.any()):
+        if not bool(torch.isfinite(x).all()):
+            raise DivergenceError(
+                f"solver {solver_name} diverged: the result contains NaN or Inf; lower --guidance or the step option, or raise --steps."
+            )
+        raise DivergenceError(
+            f"solver {solver_name} diverged: the data residual is {float(ratio.max()):.3g} times the "
+            f"measurement's norm; lower --guidance or the step option, or raise --steps."
+        )
+
+
+def run_solver_with_info(
+    name: str,
+    operator: Operator,
+    y: torch.Tensor,
+    denoiser: Denoiser,
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    options: dict[str, str | float] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> tuple[torch.Tensor, SolverInfo]:
+    """Like :func:`run_solver`, also returning a :class:`SolverInfo` (NFE, time, discrepancy)."""
+    solver = get_solver(name)
+    operator.check_measurement(y)
+    steps, guidance, opts = resolve_settings(solver, operator, steps, guidance, options)
+    counter = CountingDenoiser(denoiser)
+
+    def report(info: StepInfo) -> None:
+        info.nfe = counter.nfe
+        if callback is not None:
+            callback(info)
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = solver.run(
+            operator, y, counter, steps=steps, guidance=guidance, opts=opts, generator=generator, callback=report
+        )
+    check_result(name, operator, x, y)
+    info = SolverInfo(
+        solver=name,
+        steps=steps,
+        guidance=guidance,
+        options=dataclasses.asdict(opts),
+        nfe=counter.nfe,
+        seconds=time.perf_counter() - start,
+        discrepancy=[float(v) for v in discrepancy_ratio(operator, x, y).cpu()],
+    )
+    return x, info
+
+
+def run_solver(
+    name: str,
+    operator: Operator,
+    y: torch.Tensor,
+    denoiser: Denoiser,
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    options: dict[str, str | float] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> torch.Tensor:
+    """One posterior sample ``(B, C, H, W)`` per measurement in y ``(B, *measurement_shape)``.
+
+    steps / guidance / options default to the solver's tuned values for ``operator.name``
+    (``Solver.defaults``); options are strings or numbers (unknown name -> InputError). The
+    result is checked: NaN/Inf or an exploding data residual raises DivergenceError. The NFE
+    count reaches ``callback`` as ``StepInfo.nfe``; use :func:`run_solver_with_info` to get
+    it (and the wall time and discrepancy) returned.
+    """
+    x, _ = run_solver_with_info(
+        name, operator, y, denoiser, steps=steps, guidance=guidance, options=options,
+        generator=generator, callback=callback,
+    )
+    return x
+
+
+def report_step(
+    callback: Callable[[StepInfo], None] | None, step: int, total: int, sigma: float, denoised: torch.Tensor | None
+) -> None:
+    """Call ``callback(StepInfo(...))`` when there is a callback (used by every solver)."""
+    if callback is not None:
+        callback(StepInfo(step=step, total=total, sigma=float(sigma), denoised=denoised))
+
+
+def prior_noise(denoiser: Denoiser, operator: Operator, y: torch.Tensor, sigma: float, generator) -> torch.Tensor:
+    """The start of a reverse diffusion: ``sigma * n``, n ~ N(0, I) ``(B, C, H, W)``."""
+    shape = (y.shape[0], *operator.image_shape)
+    return sigma * torch.randn(shape, generator=generator, dtype=operator.dtype, device="cpu").to(operator.device)
+

@@ -1,0 +1,95 @@
+"""The measurement term every solver shares: weights, gradient, misfit, data-weight hook.
+
+With the noise model's per-element variance v(y) (invdiff/operators/noise.py) the data term is
+
+    nll(x) = 0.5 * sum |A x - y|^2 * W,     W = data_weight / v(y),
+
+(the negative Gaussian log-likelihood for white noise, penalised weighted least squares for
+the Poisson models; Sauer & Bouman 1993). Its gradient is ``A^H (W (A x - y))`` with the exact
+adjoint of the operator contract. ``data_weight`` tempers the likelihood: 1 trusts the noise
+model (the Bayesian posterior); ``"auto"`` is the hook for choosing it from the data
+(discrepancy principle, Morozov 1966), see :func:`resolve_data_weight`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from invdiff.errors import InputError
+from invdiff.operators.base import Operator
+
+
+def resolve_data_weight(value: str | float, operator: Operator, y: torch.Tensor) -> float:
+    """The likelihood multiplier from the ``data_weight`` option.
+
+    A number is used as given (must be > 0). ``"auto"`` is the discrepancy-principle hook: the
+    noise level is known from ``operator.noise``, so the Bayesian weight 1 is returned for now;
+    a data-driven choice (scale W until ``||A x - y||_W^2`` matches its expectation, the
+    number of real measurement degrees of freedom; see :func:`discrepancy_ratio`) plugs in here
+    without changing any solver.
+    """
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return 1.0
+        try:
+            value = float(value)
+        except ValueError:
+            raise InputError(f"option data_weight must be a positive number or 'auto', got '{value}'.") from None
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"option data_weight must be a positive number or 'auto', got {value}.")
+    return float(value)
+
+
+def precision(operator: Operator, y: torch.Tensor, data_weight: float = 1.0) -> torch.Tensor:
+    """W = data_weight / variance(y), broadcastable to y (per real/imaginary part)."""
+    return data_weight / operator.noise.variance(y)
+
+
+def residual(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``A x - y`` ``(B, *measurement_shape)``."""
+    return operator.forward(x) - y
+
+
+def squared_abs(r: torch.Tensor) -> torch.Tensor:
+    return r.real**2 + r.imag**2 if r.is_complex() else r**2
+
+
+def data_gradient(operator: Operator, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad_x 0.5 ||A x - y||_W^2 = A^H (W (A x - y)), shape of x."""
+    return operator.adjoint(weight * residual(operator, x, y))
+
+
+def weighted_misfit(operator: Operator, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``||A x - y||_W^2`` per batch element ``(B,)``."""
+    r = squared_abs(residual(operator, x, y)) * weight
+    return r.reshape(r.shape[0], -1).sum(dim=1)
+
+
+def measurement_dof(operator: Operator) -> int:
+    """Real degrees of freedom of one measurement (complex elements count twice)."""
+    return math.prod(operator.measurement_shape) * (2 if operator.measurement_is_complex else 1)
+
+
+def discrepancy_ratio(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``||A x - y||^2_{1/v} / dof`` per element ``(B,)``: about 1 when x fits y to the noise
+    level (Morozov's discrepancy principle), << 1 when it over-fits the noise."""
+    return weighted_misfit(operator, x, y, precision(operator, y)) / measurement_dof(operator)
+
+
+def noise_std_image(operator: Operator, y: torch.Tensor, operator_norm: float) -> float:
+    """Noise std carried into the image by a pseudo-inverse, along A's best-conditioned
+    directions: ``sqrt(mean v(y)) / ||A||`` (used by DDNM+ and to pick the final split-Gibbs
+    coupling). A float (one host synchronisation per run)."""
+    var = operator.noise.variance(y)
+    mean_var = float(var.mean()) if var.ndim else float(var)
+    return math.sqrt(mean_var) / max(operator_norm, 1e-30)
+
+
+def operator_norm(operator: Operator, iterations: int = 30) -> float:
+    """``||A||_2`` by power iteration from a fixed seed (so it does not consume the caller's
+    generator and is the same in every run)."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(1234)
+    return operator.norm(iterations=iterations, generator=gen)
