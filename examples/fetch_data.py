@@ -14,6 +14,12 @@ Sources (licences in data/README.md):
   dipy_s0      PyPI dipy wheel: S0_10slices.nii.gz (b0 EPI, BSD-3)          [other-subject validation]
   adi_slice    npm ami.js: adi_slice.dcm (MEMPRAGE slice, MIT)              [other-subject validation]
   example4d    PyPI nibabel (installed): tests/data/example4d.nii.gz (EPI, MIT) [other-subject validation]
+  cranium      Debian invesalius-examples: Cranium.inv3 (head CT, 108x256x256 int16 HU, GPL-2)
+  neuron       PyPI flowdec wheel: datasets/neuron-25pct/data.tif (widefield neuron stack, Apache-2.0)
+  bead         PyPI flowdec wheel: datasets/bead-25pct/data.tif (bead stack, the measured PSF, Apache-2.0)
+  bead_kernel  PyPI flowdec wheel: datasets/bead-25pct/kernel.tif (theoretical PSF for the beads, Apache-2.0)
+  twix_gre     PyPI twixtools sdist: example_data/gre.dat (raw Siemens 3 T phantom GRE, MIT;
+               also committed as data/samples/twix/gre.dat)
 """
 
 from __future__ import annotations
@@ -60,6 +66,36 @@ SOURCES = {
         "member": "nibabel/tests/data/example4d.nii.gz",
         "sha256": "42097dfbab9d2a036b41ae5c97a359591cf2cf5c3f8dc6ca6455c0b8a7f22696",
     },
+    "cranium": {
+        "registry": "apt",
+        "package": "invesalius-examples",
+        "member": "usr/share/doc/invesalius-examples/examples/Cranium.inv3",
+        "sha256": "3b34f11f7c4f557f4c65cd6543c412a2f6ceb0cfecfd9c41184420e02d9b7e2a",
+    },
+    "neuron": {
+        "registry": "pip",
+        "package": "flowdec==1.1.0",
+        "member": "flowdec/datasets/neuron-25pct/data.tif",
+        "sha256": "24d347e01b12646421862cdcb50395209fb79592c3085ce5c7d6f5b8ebcb907e",
+    },
+    "bead": {
+        "registry": "pip",
+        "package": "flowdec==1.1.0",
+        "member": "flowdec/datasets/bead-25pct/data.tif",
+        "sha256": "cd94cd1969c930912111ff819f64e54db0b87251f729685eaf77888b070d9c18",
+    },
+    "bead_kernel": {
+        "registry": "pip",
+        "package": "flowdec==1.1.0",
+        "member": "flowdec/datasets/bead-25pct/kernel.tif",
+        "sha256": "54e71b6bb16a70904d1298b9d59ccf1e201317d587a42b39d8aafc1e4205abb6",
+    },
+    "twix_gre": {
+        "registry": "pip-sdist",
+        "package": "twixtools==0.24",
+        "member": "twixtools-0.24/example_data/gre.dat",
+        "sha256": "10ce71c8cba94fb47989fe69d45c86673508f178e8b4c2399e805f27936b01ca",
+    },
 }
 
 
@@ -76,6 +112,9 @@ def _download(registry: str, package: str, workdir: Path) -> Path:
         subprocess.run(["apt-get", "download", package], cwd=workdir, check=True, capture_output=True)
     elif registry == "pip":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(workdir), package]
+        subprocess.run(cmd, check=True, capture_output=True)
+    elif registry == "pip-sdist":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", "-d", str(workdir), package]
         subprocess.run(cmd, check=True, capture_output=True)
     elif registry == "npm":
         subprocess.run(["npm", "pack", package], cwd=workdir, check=True, capture_output=True)

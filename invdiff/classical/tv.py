@@ -29,10 +29,10 @@ from invdiff.classical.finite_differences import GRADIENT_NORM_SQ, divergence, g
 from invdiff.operators.base import Operator
 
 #: Tuned on 128x128 brain slices (examples/bench_classical.py), per operator kind.
-DEFAULT_WEIGHTS: dict[str, float] = {"radon": 1.0, "mri": 1.0, "blur": 1.0}
-DEFAULT_WEIGHT = 1.0
-DEFAULT_ITERATIONS: dict[str, int] = {"radon": 300, "mri": 200, "blur": 200}
-DEFAULT_ITERATION = 200
+DEFAULT_WEIGHTS: dict[str, float] = {"radon": 0.07, "mri": 0.7, "blur": 0.12}
+DEFAULT_WEIGHT = 0.1
+DEFAULT_ITERATIONS: dict[str, int] = {"radon": 300, "mri": 400, "blur": 300}
+DEFAULT_ITERATION = 300
 #: tau / sigma in units of (image scale) / (sigma_y * ||A||).
 STEP_RATIO = 0.03
 

@@ -24,8 +24,8 @@ from invdiff.classical.dwt import Wavelet2D, max_levels
 from invdiff.operators.base import Operator
 
 #: Tuned on 128x128 brain slices (examples/bench_classical.py), per operator kind.
-DEFAULT_WEIGHTS: dict[str, float] = {"radon": 1.0, "mri": 1.0, "blur": 1.0}
-DEFAULT_WEIGHT = 1.0
+DEFAULT_WEIGHTS: dict[str, float] = {"radon": 0.1, "mri": 0.3, "blur": 0.15}
+DEFAULT_WEIGHT = 0.1
 DEFAULT_ITERATIONS: dict[str, int] = {"radon": 200, "mri": 100, "blur": 100}
 DEFAULT_ITERATION = 100
 WAVELET = "db4"

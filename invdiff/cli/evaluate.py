@@ -9,6 +9,7 @@ import typer
 
 from invdiff.cli.app import app
 from invdiff.cli.common import JsonOpt, QuietOpt, emit_json, require_file
+from invdiff.errors import InputError
 
 
 @app.command(
@@ -25,7 +26,7 @@ from invdiff.cli.common import JsonOpt, QuietOpt, emit_json, require_file
 )
 def evaluate(
     result: Annotated[Path, typer.Argument(help="Result file written by `invdiff reconstruct`.")],
-    reference: Annotated[Path, typer.Option("--reference", "-r", help="Reference image, or a simulated measurement file (its ground_truth).")],
+    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="Reference image, or a simulated measurement file (its ground_truth); default: the result's input file when it holds a ground truth.")] = None,
     measurement: Annotated[Optional[Path], typer.Option("--measurement", help="Measurement file for the data residual (default: the reference when it is one).")] = None,
     data_range: Annotated[Optional[float], typer.Option("--data-range", help="PSNR/SSIM data range (default: reference volume max).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset name inside an HDF5/NPZ reference.")] = None,
@@ -38,8 +39,13 @@ def evaluate(
     from invdiff.pipeline.evaluate import load_reference
 
     require_file(result, "result")
-    require_file(reference, "reference")
     res = read_result(result)
+    if reference is None:
+        source = (res["provenance"] or {}).get("input") if isinstance(res["provenance"], dict) else None
+        if not source or not Path(source).exists():
+            raise InputError(f"{result}: give --reference; the result's input file is not available to take the ground truth from.")
+        reference = Path(source)
+    require_file(reference, "reference")
     ref, m = load_reference(reference, key)
     if measurement is not None:
         m = read_measurement(require_file(measurement, "measurement"))

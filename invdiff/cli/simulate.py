@@ -78,6 +78,8 @@ def simulate(
     stack = read_images(image, key=key, axis=axis)
     data = stack.data
     attrs = {"source": str(image), "units": "image"}
+    if stack.spacing:
+        attrs["spacing_mm"] = [None if v is None else float(v) for v in stack.spacing]
     geometry = geometry_from_options(locals())
     if stack.hounsfield and operator == "radon":
         from invdiff.io.dicom import hu_to_mu

@@ -62,6 +62,9 @@ def write_outputs(
         if units == "HU":
             image = mu_to_hu(image)
         pixel = m.operator["params"].get("pixel_size")
+        spacing = m.attrs.get("spacing_mm") or [None, None, None]
+        if spacing[1]:
+            pixel = pixel or spacing[1]
         write_dicom_series(
             dicom_dir,
             image,
@@ -70,6 +73,7 @@ def write_outputs(
             description=f"invdiff {record.get('solver') or record.get('method')}",
             units=units,
             pixel_spacing=(pixel, pixel) if pixel else None,
+            slice_thickness=spacing[0],
             overwrite=True,
         )
     if png is not None:

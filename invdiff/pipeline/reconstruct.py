@@ -150,7 +150,7 @@ def check_prior_fits(prior, op: Operator, source: str) -> None:
 
 
 def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: None) -> Result:
-    from invdiff.solvers.base import run_solver
+    from invdiff.solvers.base import run_solver_with_info
 
     check_data(m)
     if s.samples < 1:
@@ -162,18 +162,15 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     generator = torch.Generator().manual_seed(int(s.seed))
     means, stds, all_samples = [], [], []
     nfe_total = 0
+    discrepancies: list[float] = []
+    resolved: dict[str, Any] = {}
     start = time.perf_counter()
     for i in range(m.data.shape[0]):
         op = op_for(i)
         y = _tensor(m.data[i : i + 1], device, op.dtype)
         op.check_measurement(y, source)
         y_k = y.expand(s.samples, *y.shape[1:]).clone()
-        counter = {"nfe": 0}
-
-        def callback(info: dict) -> None:
-            counter["nfe"] = max(counter["nfe"], int(info.get("nfe", 0)))
-
-        x_n = run_solver(
+        x_n, solver_info = run_solver_with_info(
             s.solver,
             op.scaled(scale),
             y_k,
@@ -182,14 +179,15 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
             guidance=s.guidance,
             options=s.options,
             generator=generator,
-            callback=callback,
         )
+        nfe_total += solver_info.nfe
+        discrepancies.extend(solver_info.discrepancy)
+        resolved = {"steps": solver_info.steps, "guidance": solver_info.guidance, "options": solver_info.options}
         x = (x_n.detach() * scale).double()
-        nfe_total += counter["nfe"]
         if x.shape[1] == 2:
             z = to_complex(x)[:, 0]
             mean = z.mean(0)
-            std = (z - mean).abs().pow(2).mean(0).sqrt() if s.samples > 1 else torch.zeros_like(mean.real)
+            std = ((z - mean).abs().pow(2).sum(0) / (s.samples - 1)).sqrt() if s.samples > 1 else torch.zeros_like(mean.real)
             means.append(mean.cpu().numpy().astype(np.complex64))
         else:
             mean = x[:, 0].mean(0)
@@ -203,9 +201,8 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     samples = np.stack(all_samples, axis=1) if s.keep_samples else None  # (K, slices, H, W)
     info = {
         "solver": s.solver,
-        "steps": s.steps,
-        "guidance": s.guidance,
-        "options": s.options,
+        **resolved,
+        "discrepancy_mean": float(np.mean(discrepancies)) if discrepancies else None,
         "samples": s.samples,
         "image_scale": scale,
         "nfe_per_sample": nfe_total / max(m.data.shape[0], 1),

@@ -42,8 +42,8 @@ def conjugate_gradient(
     """``iterations`` CG steps on ``apply(x) = rhs`` from ``x0``, batched over dim 0.
 
     apply: a symmetric positive semidefinite map ``(B, ...) -> (B, ...)`` acting per element.
-    rhs, x0: ``(B, ...)`` real. Returns x ``(B, ...)``. Elements whose residual or curvature is
-    exactly zero stop moving (no division by zero).
+    rhs, x0: ``(B, ...)`` real. Returns x ``(B, ...)``. Elements whose relative residual
+    ``||r|| / ||rhs||`` falls below 10 machine epsilons, or whose curvature is zero, stop moving.
     """
     x = x0
     if iterations <= 0:
@@ -51,10 +51,13 @@ def conjugate_gradient(
     r = rhs - apply(x)
     p = r
     rs = _dot(r, r)
+    # converged elements (relative residual below ~10 eps) freeze: on a singular system (a
+    # pseudo-inverse) further steps would divide round-off by round-off.
+    tol2 = (10 * torch.finfo(r.dtype).eps) ** 2 * _dot(rhs, rhs)
     for _ in range(iterations):
         ap = apply(p)
         curvature = _dot(p, ap)
-        ok = curvature > 0
+        ok = (curvature > 0) & (rs > tol2)
         alpha = torch.where(ok, rs / torch.where(ok, curvature, torch.ones_like(curvature)), torch.zeros_like(rs))
         x = x + _bcast(alpha, x) * p
         r = r - _bcast(alpha, r) * ap

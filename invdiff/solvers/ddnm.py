@@ -9,9 +9,15 @@ Range-null space decomposition of the denoised estimate (eq. 13):
 A^+ is applied by CG on the weighted normal equations from zero (cg.py ``pseudo_inverse``),
 exact for any linear A as cg_iters grows, and the plain projection for orthogonal A (masked
 Fourier sampling). DDNM+ for noisy data (eq. 17-19): the correction carries measurement noise of
-std ``s_y = sqrt(mean v(y)) / ||A||`` into the image, so ``lambda_t = guidance * min(1,
+std ``s_y = rms(A^+ e)``, e ~ N(0, v(y)) (measured once per run through the same CG
+pseudo-inverse), into the image, so ``lambda_t = guidance * min(1,
 sigma_t-1 / s_y)`` and the fresh noise is reduced by what the correction adds. Data whose s_y
 is below the prior's sigma_min give lambda_t = guidance (plain DDNM). NFE = steps. Not an exact sampler.
+
+Limitation: the null-space step assumes A A^H is (close to) a projection, as for single-coil
+masked Fourier sampling or inpainting. For ill-conditioned operators (multi-coil SENSE with
+weak coil sensitivities, strong blur) the pseudo-inverse amplifies the noise; prefer dds or
+diffpir there.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from invdiff.sampling.schedules import karras_sigmas
-from invdiff.solvers.base import CommonOptions, Solver, prior_noise, report_step
+import torch
+
+from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.cg import pseudo_inverse
-from invdiff.solvers.integrators import ancestral_sigmas, randn_like
-from invdiff.solvers.likelihood import noise_std_image, operator_norm, precision, resolve_data_weight
+from invdiff.solvers.integrators import ancestral_sigmas, randn_like, randn_measurement_like
+from invdiff.solvers.likelihood import precision, resolve_data_weight
 
 
 @dataclass
@@ -34,13 +41,21 @@ class DDNMOptions(CommonOptions):
     """CG iterations of each pseudo-inverse."""
 
 
+def _carried_noise_std(operator, y, weight, cg_iters) -> float:
+    """RMS of ``A^+ e`` for a noise draw e ~ N(0, W^-1) shaped like y: the noise that the
+    correction carries into the image, measured through the same truncated CG pseudo-inverse
+    (fixed seed, one host synchronisation per run)."""
+    gen = torch.Generator(device="cpu").manual_seed(4321)
+    noise = randn_measurement_like(y, gen) / weight.sqrt()
+    return float(pseudo_inverse(operator, noise, weight, cg_iters).pow(2).mean().sqrt())
+
+
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DDNMOptions, generator, callback=None):
     """DDNM(+) sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     data_weight = resolve_data_weight(opts.data_weight, operator, y)
     weight = precision(operator, y, data_weight)
-    s_y = noise_std_image(operator, y, operator_norm(operator)) / math.sqrt(data_weight)
-    sigmas = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max).tolist()
-    x = prior_noise(denoiser, operator, y, sigmas[0], generator)
+    s_y = _carried_noise_std(operator, y, weight, opts.cg_iters)
+    x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0hat = denoiser(x, sigma)

@@ -8,17 +8,17 @@ tangent of the clean-image manifold, so few NFE (~50) suffice:
     x0'   = CG_M[(A^H W A + gamma/sigma_t^2 I) x = A^H W y + gamma/sigma_t^2 x0hat], started at x0hat
     x_t-1 = x0' + sigma_down eps(x_t) + sigma_up z,    eps = (x_t - x0hat)/sigma_t  (DDIM, eta)
 
-gamma = 0 (the default ``--guidance``) is the paper's noiseless data step (plain CG on the
-normal equations, regularised by early stopping after M = cg_iters steps); gamma > 0 adds the
-ridge term of its noisy variant. NFE = steps. Not an exact sampler.
+gamma = 0 is the paper's noiseless data step (plain CG on the normal equations, regularised
+only by early stopping after M = cg_iters steps); gamma > 0 adds the ridge term of its noisy
+variant, scaled like DiffPIR's so that gamma = 1 (the default) weighs the data by the noise
+level (plain early stopping over-fitted the noise of ill-conditioned blur in the Gaussian test). NFE = steps. Not an exact sampler.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from invdiff.sampling.schedules import karras_sigmas
-from invdiff.solvers.base import CommonOptions, Solver, prior_noise, report_step
+from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.cg import solve_data_proximal
 from invdiff.solvers.integrators import ancestral_sigmas, ddim_step
 from invdiff.solvers.likelihood import precision, resolve_data_weight
@@ -35,8 +35,7 @@ class DDSOptions(CommonOptions):
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DDSOptions, generator, callback=None):
     """DDS sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
-    sigmas = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max).tolist()
-    x = prior_noise(denoiser, operator, y, sigmas[0], generator)
+    x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0hat = denoiser(x, sigma)
@@ -51,7 +50,7 @@ SOLVER = Solver(
     name="dds",
     run=run,
     options_type=DDSOptions,
-    defaults={"*": {"steps": 50, "guidance": 0.0}},
+    defaults={"*": {"steps": 50, "guidance": 1.0}},
     description="Decomposed diffusion sampler (Chung et al. 2024): DDIM with a few CG data steps; few NFE.",
     exact=False,
     guidance_meaning="gamma, the ridge weight of the CG data step (0: plain early-stopped CG)",

@@ -17,8 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from invdiff.sampling.schedules import karras_sigmas
-from invdiff.solvers.base import CommonOptions, Solver, prior_noise, report_step
+from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.cg import solve_data_proximal
 from invdiff.solvers.integrators import randn_like
 from invdiff.solvers.likelihood import precision, resolve_data_weight
@@ -36,8 +35,7 @@ def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DiffPIROpti
     """DiffPIR sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
     zeta = min(max(opts.zeta, 0.0), 1.0)
-    sigmas = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max).tolist()
-    x = prior_noise(denoiser, operator, y, sigmas[0], generator)
+    x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0hat = denoiser(x, sigma)

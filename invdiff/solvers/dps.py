@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from invdiff.sampling.schedules import karras_sigmas
-from invdiff.solvers.base import CommonOptions, Solver, prior_noise, report_step
+from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.integrators import ancestral_sigmas, ddim_step
 from invdiff.solvers.likelihood import operator_norm, precision, resolve_data_weight, squared_abs
 
@@ -41,8 +40,7 @@ def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DPSOptions,
     weight = precision(operator, y)
     weight = weight / weight.mean()
     step = guidance * data_weight / max(operator_norm(operator), 1e-30)
-    sigmas = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max).tolist()
-    x = prior_noise(denoiser, operator, y, sigmas[0], generator)
+    x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         with torch.enable_grad():

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from invdiff.sampling.schedules import karras_sigmas
-from invdiff.solvers.base import CommonOptions, Solver, prior_noise, report_step
+from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.cg import solve_data_proximal
 from invdiff.solvers.integrators import randn_like
 from invdiff.solvers.likelihood import precision, resolve_data_weight
@@ -49,8 +48,7 @@ def _consistency(operator, y, weight, x, sigma, lam, cg_iters, generator):
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: PCOptions, generator, callback=None):
     """PC sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
-    sigmas = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max).tolist()
-    x = prior_noise(denoiser, operator, y, sigmas[0], generator)
+    x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     b = x.shape[0]
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

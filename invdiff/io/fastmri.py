@@ -1,0 +1,103 @@
+"""fastMRI HDF5 files read as they are (Zbontar et al. 2018; fastmri/data/mri_data.py).
+
+Layout of a fastMRI file:
+
+* dataset ``kspace`` complex64 ``(slices, H, W)`` (single-coil) or ``(slices, coils, H, W)``
+  (multi-coil), centred k-space, W the phase-encode (undersampled) axis;
+* optional ``mask`` ``(W,)`` (test and challenge files: the sampled lines);
+* optional ``reconstruction_esc`` / ``reconstruction_rss`` ``(slices, h, w)`` (training and
+  validation targets) and ``ismrmrd_header`` (the ISMRMRD XML, bytes);
+* root attributes ``acquisition`` (e.g. CORPD_FBK), ``max``, ``norm``, ``patient_id``, and for
+  the challenge data ``acceleration`` and ``num_low_frequency``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from invdiff.errors import InputError
+
+RECONSTRUCTION_KEYS = ("reconstruction_esc", "reconstruction_rss")
+
+
+def is_fastmri(h5file: h5py.Group | str | os.PathLike) -> bool:
+    """True when the open HDF5 file (or the file at a path) holds a complex ``kspace``
+    dataset of 3 or 4 dimensions: the fastMRI layout."""
+    if not isinstance(h5file, h5py.Group):
+        try:
+            with h5py.File(h5file, "r") as f:
+                return is_fastmri(f)
+        except OSError:
+            return False
+    data = h5file.get("kspace")
+    return isinstance(data, h5py.Dataset) and data.dtype.kind == "c" and data.ndim in (3, 4)
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def infer_mask(kspace: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32: 1 on the columns that are non-zero anywhere in ``(..., H, W)`` k-space."""
+    lines = np.any(kspace != 0, axis=tuple(range(kspace.ndim - 1)))
+    return np.broadcast_to(lines.astype(np.float32), kspace.shape[-2:]).copy()
+
+
+def read_fastmri(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a fastMRI file.
+
+    Returns ``{"kspace": (slices, coils, H, W) complex64, "mask": (H, W) float32 0/1,
+    "mask_source": "dataset" | "inferred", "attrs": {...}, "ismrmrd_header": str | None,
+    "reconstruction_esc"/"reconstruction_rss": (slices, h, w) float32 when present}``.
+    Single-coil k-space gets a coil axis of 1. The mask comes from the ``mask`` dataset, or
+    else from the k-space columns that hold data. InputError for anything else.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise InputError(f"{path}: not a readable HDF5 file.") from None
+    with f:
+        if not is_fastmri(f):
+            raise InputError(f"{path}: not a fastMRI file (no complex 'kspace' dataset of 3 or 4 dimensions).")
+        kspace = np.asarray(f["kspace"][()], dtype=np.complex64)
+        if kspace.ndim == 3:
+            kspace = kspace[:, None]
+        _, _, height, width = kspace.shape
+        if not np.isfinite(kspace).all():
+            raise InputError(f"{path}: dataset 'kspace' contains NaN or Inf values.")
+        out: dict[str, Any] = {"kspace": kspace}
+        if "mask" in f:
+            lines = np.asarray(f["mask"][()]).reshape(-1)
+            if lines.shape != (width,):
+                raise InputError(f"{path}: dataset 'mask' has {lines.size} entries, but the k-space has {width} columns.")
+            lines = lines.astype(np.float64)
+            if not np.isin(lines, (0.0, 1.0)).all():
+                raise InputError(f"{path}: dataset 'mask' must hold only 0 and 1 (or booleans).")
+            out["mask"] = np.broadcast_to(lines.astype(np.float32), (height, width)).copy()
+            out["mask_source"] = "dataset"
+        else:
+            out["mask"] = infer_mask(kspace)
+            out["mask_source"] = "inferred"
+        if not out["mask"].any():
+            raise InputError(f"{path}: the k-space holds no sampled line (all zeros).")
+        header = f.get("ismrmrd_header")
+        out["ismrmrd_header"] = _attr(header[()]) if isinstance(header, h5py.Dataset) else None
+        for key in RECONSTRUCTION_KEYS:
+            if key in f:
+                out[key] = np.asarray(f[key][()], dtype=np.float32)
+        out["attrs"] = {k: _attr(v) for k, v in f.attrs.items()}
+    return out
