@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from invdiff.classical.arguments import Callback, notify
-from invdiff.classical.data_term import batch_dot, per_batch, safe_divide
+from invdiff import linalg
 
 
 def conjugate_gradient(
@@ -19,17 +19,5 @@ def conjugate_gradient(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """``iterations`` CG steps on ``apply_matrix(x) = rhs`` (images ``(B, C, H, W)``) from ``x0`` (or 0)."""
-    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - apply_matrix(x) if x0 is not None else rhs.clone()
-    p = r.clone()
-    rr = batch_dot(r, r)
-    for k in range(1, iterations + 1):
-        mp = apply_matrix(p)
-        alpha = safe_divide(rr, batch_dot(p, mp))
-        x = x + per_batch(alpha, x) * p
-        r = r - per_batch(alpha, r) * mp
-        rr_new = batch_dot(r, r)
-        p = r + per_batch(safe_divide(rr_new, rr), p) * p
-        rr = rr_new
-        notify(callback, k, x)
-    return x
+    start = torch.zeros_like(rhs) if x0 is None else x0
+    return linalg.conjugate_gradient(apply_matrix, rhs, start, iterations, callback=lambda k, x: notify(callback, k, x))
