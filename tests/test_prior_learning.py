@@ -64,25 +64,25 @@ def fit(loss_cls, steps: int, energy: bool = False):
 
 
 def test_dsm_learns_exact_mixture_score():
-    model, gmm, untrained = fit(DSMLoss, 1500)
+    model, gmm, untrained = fit(DSMLoss, 1000)
     assert untrained > 0.5  # the check can fail: an untrained denoiser is far off
     gen = torch.Generator().manual_seed(1)
-    bounds = {0.1: 0.25, 0.3: 0.2, 1.0: 0.08, 3.0: 0.05}
+    bounds = {0.1: 0.3, 0.3: 0.2, 1.0: 0.08, 3.0: 0.04}
     errors = {s: relative_score_error(model, gmm, s, gen) for s in bounds}
     assert all(errors[s] < b for s, b in bounds.items()), errors
 
 
 def test_sliced_score_matching_learns_mixture_score():
-    model, gmm, _ = fit(SSMLoss, 700)
+    model, gmm, _ = fit(SSMLoss, 400)
     gen = torch.Generator().manual_seed(1)
-    bounds = {0.3: 0.3, 1.0: 0.15, 3.0: 0.1}
+    bounds = {0.3: 0.3, 1.0: 0.15, 3.0: 0.12}
     errors = {s: relative_score_error(model, gmm, s, gen) for s in bounds}
     assert all(errors[s] < b for s, b in bounds.items()), errors
 
 
 def test_energy_parametrisation_learns_mixture_score():
-    model, gmm, _ = fit(DSMLoss, 700, energy=True)
+    model, gmm, _ = fit(DSMLoss, 400, energy=True)
     gen = torch.Generator().manual_seed(1)
-    bounds = {0.3: 0.3, 1.0: 0.12, 3.0: 0.06}
+    bounds = {0.3: 0.3, 1.0: 0.12, 3.0: 0.05}
     errors = {s: relative_score_error(model, gmm, s, gen) for s in bounds}
     assert all(errors[s] < b for s, b in bounds.items()), errors

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -58,6 +57,7 @@ def _positive(value: float, option: str) -> None:
 
 @app.command(epilog=EXAMPLES)
 def train(
+    ctx: typer.Context,
     data: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG/TIFF/NPY/NPZ/HDF5/DICOM/NIfTI).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Prior directory to write (config.json + safetensors weights).")],
     image_size: Annotated[int, typer.Option("--image-size", help="Training crop size S (S x S pixels).")] = 128,
@@ -168,7 +168,7 @@ def train(
             print(json.dumps(resolved, indent=2))
         return
 
-    extra = {"command": "invdiff " + shlex.join(sys.argv[1:]), "val_data": summary["val_data"]}
+    extra = {"command": _command_line(ctx), "val_data": summary["val_data"]}
     progress = show_progress(quiet, json_out)
     with _Reporter(progress, steps) as report:
         result = run_training(settings, train_set, out, norm=norm, data_summary=summary["data"], val_set=val_set,
@@ -179,6 +179,24 @@ def train(
     elif not quiet:
         print(f"trained {result['steps']} steps -> {out} (final train loss {result['final_train_loss']:.4f}, "
               f"{result['wall_s']:.0f} s)")
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as the user gave it (options given on the command line only, resolved names)."""
+    words = ["invdiff", "train"]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if param.param_type_name == "argument":
+            words += [str(v) for v in value]
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                words += [param.opts[0], str(v)]
+    return shlex.join(words)
 
 
 class _Reporter:

@@ -36,6 +36,7 @@ interpolated linearly at the pixel (pixel-driven back-projection, as ``skimage``
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,6 +69,8 @@ class _SparseProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, columns: torch.Tensor, matrix: torch.Tensor, transpose: torch.Tensor) -> torch.Tensor:
         ctx.matrices = (matrix, transpose)
+        if columns.shape[1] == 1:  # sparse matrix-vector product: about 2x faster than mm
+            return torch.mv(matrix, columns[:, 0]).unsqueeze(1)
         return torch.sparse.mm(matrix, columns)
 
     @staticmethod
@@ -82,8 +85,10 @@ def joseph_matrix(
     detectors: int,
     spacing: float,
     pixel_size: float,
+    dtype: type = np.float64,
 ) -> scipy.sparse.csr_matrix:
-    """Joseph's projector as a float64 CSR matrix ``(views * detectors, H * W)`` (on the CPU).
+    """Joseph's projector as a CSR matrix ``(views * detectors, H * W)`` on the CPU, values of
+    numpy ``dtype`` (positions and weights are computed in float64, then rounded).
 
     Row ``v * detectors + j`` holds the weights of ray ``(theta_v, t_j)``; column
     ``r * W + c`` is pixel ``(r, c)``. See the module docstring for the geometry and units.
@@ -122,17 +127,16 @@ def joseph_matrix(
         f = frac.index_select(0, cell)
         weight = torch.where(tap.bool(), f, 1 - f)
         length = torch.from_numpy(pixel_size / np.abs(beta))  # ray length per crossed line, mm
-        vals.append((weight * length.index_select(0, ray // detectors)).numpy())
+        vals.append((weight * length.index_select(0, ray // detectors)).numpy().astype(dtype))
         cols.append(col.to(torch.int32).numpy())
         counts[v0 * detectors : v1 * detectors] = torch.bincount(ray, minlength=n * detectors).numpy()
     nnz = int(counts.sum())
     index_dtype = np.int32 if nnz < 2**31 else np.int64
     indptr = np.zeros(views * detectors + 1, dtype=index_dtype)
     np.cumsum(counts, out=indptr[1:])
-    return scipy.sparse.csr_matrix(
-        (np.concatenate(vals), np.concatenate(cols).astype(index_dtype, copy=False), indptr),
-        shape=(views * detectors, height * width),
-    )
+    data, indices = np.concatenate(vals), np.concatenate(cols).astype(index_dtype, copy=False)
+    del vals, cols
+    return scipy.sparse.csr_matrix((data, indices, indptr), shape=(views * detectors, height * width), copy=False)
 
 
 def _runs(flags: np.ndarray, chunk: int) -> list[tuple[int, int]]:
@@ -146,13 +150,19 @@ def _runs(flags: np.ndarray, chunk: int) -> list[tuple[int, int]]:
 
 
 def _to_torch_csr(matrix: scipy.sparse.csr_matrix, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The scipy CSR ``matrix`` as a torch CSR tensor (shares memory on the CPU when the dtypes
+    agree). Torch's notices that sparse CSR is "beta" are silenced: the two kernels used here,
+    ``sparse.mm`` on CPU (MKL) and CUDA (cuSPARSE), are stable."""
     index_dtype = torch.int32 if matrix.nnz < 2**31 else torch.int64
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(matrix.indptr).to(device=device, dtype=index_dtype),
-        torch.from_numpy(matrix.indices).to(device=device, dtype=index_dtype),
-        torch.from_numpy(matrix.data).to(device=device, dtype=dtype),
-        size=matrix.shape,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr).to(device=device, dtype=index_dtype),
+            torch.from_numpy(matrix.indices).to(device=device, dtype=index_dtype),
+            torch.from_numpy(matrix.data).to(device=device, dtype=dtype),
+            size=matrix.shape,
+        )
 
 
 class RadonOperator(Operator):
@@ -198,7 +208,8 @@ class RadonOperator(Operator):
         self.measurement_shape = (len(self.angles_deg), self.detectors)
         self.measurement_is_complex = False
 
-        matrix = joseph_matrix((height, width), self.angles_deg, self.detectors, self.spacing, self.pixel_size)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        matrix = joseph_matrix((height, width), self.angles_deg, self.detectors, self.spacing, self.pixel_size, np_dtype)
         self._matrix = _to_torch_csr(matrix, self.device, dtype)
         self._transpose = _to_torch_csr(matrix.T.tocsr(), self.device, dtype)
         self._set_fbp_tables()

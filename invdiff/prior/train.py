@@ -342,9 +342,20 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
     summary = {"out": str(out_dir), "steps": s.steps, "resumed_from": start if resume else None,
                "parameters": count_parameters(model), "history_tail": history[-3:],
                "final_train_loss": history[-1]["train_loss"] if history else math.nan,
+               "weights_digest": weights_digest(model),
                "wall_s": round(time.perf_counter() - t_start, 2)}
     ddp.cleanup(info)
     return summary
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes, in order: equal digests = bitwise-equal replicas."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _check_resume(out_dir: Path, s: TrainSettings) -> None:

@@ -1,0 +1,91 @@
+"""`invdiff train`: exit codes, --dry-run, a tiny end-to-end run and --resume through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from invdiff.cli import app
+from invdiff.cli.common import run_app
+from invdiff.prior.store import load_prior
+
+TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
+        "--checkpoint-every", "2", "--log-every", "1", "--quiet"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "slices.npy"
+    np.save(path, np.random.default_rng(0).random((6, 20, 20)).astype(np.float32))
+    return path
+
+
+def test_help_lists_examples(capsys):
+    assert run_app(app, ["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "torchrun" in out
+
+
+def test_dry_run_prints_resolved_settings(data, tmp_path, capsys):
+    assert run_app(app, ["train", str(data), "--out", str(tmp_path / "p"), *TINY, "--dry-run", "--json"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["settings"]["image_size"] == 16 and resolved["data"]["slices"] == 5
+    assert resolved["validation_slices"] == 1 and not (tmp_path / "p").exists()
+
+
+def test_train_then_resume_end_to_end(data, tmp_path, capsys):
+    out = tmp_path / "prior"
+    assert run_app(app, ["train", str(data), "--out", str(out), *TINY, "--steps", "2", "--augment"]) == 0
+    assert run_app(app, ["train", str(data), "--out", str(out), *TINY, "--steps", "2"]) == 2  # checkpoint there
+    assert "--resume" in capsys.readouterr().err
+    assert run_app(app, ["train", str(data), "--out", str(out), *TINY, "--steps", "4", "--augment", "--resume",
+                         "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["resumed_from"] == 2 and result["steps"] == 4
+    prior = load_prior(out)
+    assert prior.config["training"]["steps_done"] == 4
+    assert prior.config["augmentation"]["p_flip"] == 0.5 and "invdiff train" in prior.config["command"]
+    assert (out / "training_log.csv").read_text().count("\n") == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "0"], "--image-size"),
+    (["--channels", "3"], "--channels"),
+    (["--channel-mults", "1,x"], "--channel-mults"),
+    (["--image-size", "17"], "divisible"),
+    (["--sde", "ddpm"], "--sde"),
+    (["--loss", "ism"], "--loss"),
+    (["--attention", "5"], "--attention"),
+    (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--fit", "exact"], "--fit exact"),
+    (["--image-size", "32"], "smaller"),
+    (["--normalise", "window"], "--window"),
+    (["--window", "1,0", "--normalise", "window"], "--window"),
+    (["--sigma-data", "big"], "--sigma-data"),
+    (["--device", "tpu"], "--device"),
+])
+def test_bad_options_exit_2_with_one_sentence(data, tmp_path, capsys, args, message):
+    argv = ["train", str(data), "--out", str(tmp_path / "p"), *TINY, "--steps", "1"]
+    for i in range(0, len(args), 2):  # later options override the defaults above
+        if args[i] in argv:
+            argv[argv.index(args[i]) + 1] = args[i + 1]
+        else:
+            argv += args[i:i + 2]
+    assert run_app(app, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_bad_inputs_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_app(app, ["train", str(empty), "--out", str(tmp_path / "p")]) == 2
+    assert "empty" in capsys.readouterr().err
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"not an array")
+    assert run_app(app, ["train", str(junk), "--out", str(tmp_path / "p")]) == 2
+    assert "junk.npy" in capsys.readouterr().err
+    assert run_app(app, ["train", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "p")]) == 2
