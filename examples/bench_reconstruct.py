@@ -2,7 +2,12 @@
 
     python examples/fetch_data.py && python examples/prepare_brain.py
     python examples/bench_reconstruct.py --set heldout --settings ct30,mri8x --slices 6 \
-        --solvers diffpir,dds --samples 4 [--prior data/priors/brain128] [--json out.json]
+        --solvers default,diffpir,dds --samples 4 [--prior data/priors/brain128] [--json out.json]
+
+``default`` is what ``invdiff reconstruct`` uses without --solver (invdiff/pipeline/defaults.py)
+with its tuned per-operator settings; a named solver runs with its own per-operator defaults
+unless --steps / --option override them. "peak MiB" is the process's peak resident memory so
+far (an upper bound for the row; CUDA: peak allocated during the row).
 
 Protocol (BENCHMARKS.md): images 128x128 in [0, 1]; PSNR and SSIM with data range 1
 (fastMRI-style per slice, then mean and std over slices); CT: parallel beam, N views over
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 from invdiff import metrics  # noqa: E402
+from invdiff.pipeline.defaults import default_solver_for  # noqa: E402
 from invdiff.pipeline.geometry import GeometryOptions  # noqa: E402
 from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior  # noqa: E402
 from invdiff.pipeline.simulate import simulate  # noqa: E402
@@ -83,17 +90,20 @@ def main() -> None:
     images = pick(load_set(args.set, args.size), args.slices)
     device = torch.device(args.device)
     prior = None
+    from invdiff.pipeline.defaults import default_prior_for
+
     if args.solvers:
-        from invdiff.pipeline.defaults import default_prior_for
         from invdiff.prior.store import load_prior
 
         prior = load_prior(args.prior or default_prior_for("mri"), device=device)
     options = dict(o.split("=", 1) for o in args.option)
     rows = []
     print(f"# {' '.join(sys.argv)}")
-    print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()}")
-    print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | NFE/sample | s/slice |")
-    print("|---|---|---|---|---|---|---|")
+    prior_name = args.prior or default_prior_for("mri") if args.solvers else None
+    print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
+          f"prior={prior_name}")
+    print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | NFE/sample | s/slice | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for key in args.settings.split(","):
         op_name, geometry, noise, methods = SETTINGS[key]
         m = simulate(images, op_name, geometry, seed=0, device="cpu", **noise)
@@ -101,15 +111,21 @@ def main() -> None:
             start = time.perf_counter()
             res = run_classical(m, Settings(method=method), device)
             sec = (time.perf_counter() - start) / len(images)
-            rows.append({"setting": key, "method": method, "nfe": 0, "s_per_slice": sec, **score(images, res.reconstruction, None)})
+            rows.append({"setting": key, "method": method, "nfe": 0, "s_per_slice": sec, "peak_mib": peak_mib(device),
+                         **score(images, res.reconstruction, None)})
             _print(rows[-1])
         for solver in [s for s in args.solvers.split(",") if s]:
-            s = Settings(solver=solver, steps=args.steps, samples=args.samples, options=options, seed=0)
+            name = default_solver_for(op_name) if solver == "default" else solver
+            label = f"default = {name}" if solver == "default" else solver
+            s = Settings(solver=name, steps=args.steps, samples=args.samples, options=options, seed=0)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             res = run_prior(m, s, prior, device)
             rows.append(
                 {
                     "setting": key,
-                    "method": f"{solver} (K={args.samples})",
+                    "method": f"{label} (K={args.samples})",
+                    "peak_mib": peak_mib(device),
                     "nfe": res.info["nfe_per_sample"],
                     "s_per_slice": res.info["seconds_per_slice"],
                     **score(images, res.reconstruction, res.std),
@@ -120,11 +136,17 @@ def main() -> None:
         args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))
 
 
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _print(r: dict) -> None:
     cov = f"{r['coverage_2std']:.1%}" if "coverage_2std" in r else "-"
     print(
         f"| {r['setting']} | {r['method']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.3f} ± {r['ssim_std']:.3f} "
-        f"| {cov} | {r['nfe']:.0f} | {r['s_per_slice']:.2f} |",
+        f"| {cov} | {r['nfe']:.0f} | {r['s_per_slice']:.2f} | {r['peak_mib']:.0f} |",
         flush=True,
     )
 

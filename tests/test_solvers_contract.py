@@ -101,7 +101,8 @@ def test_defaults_and_string_options(dense_op):
     _, info = run_solver_with_info("dds", dense_op, y, prior, options={"eta": "0.5", "cg_iters": "3", "data_weight": "auto"},
                                    generator=torch.Generator().manual_seed(0))
     assert info.steps == get_solver("dds").defaults_for("dense")["steps"]
-    assert info.options == {"data_weight": "auto", "eta": 0.5, "cg_iters": 3, "sigma_start": 0.0, "init": "direct"}
+    assert info.options == {"data_weight": "auto", "eta": 0.5, "cg_iters": 3, "sigma_start": 0.0, "sigma_end": 0.0,
+                            "init": "direct"}
 
 
 def test_scaled_operator_uses_base_defaults(dense_op):
@@ -120,7 +121,7 @@ def test_scaled_operator_uses_base_defaults(dense_op):
 
 @pytest.mark.parametrize(
     "options, phrase",
-    [({"nonsense": 1}, "valid options: data_weight, sigma_start, init, eta"), ({"eta": "abc"}, "must be a finite number"),
+    [({"nonsense": 1}, "valid options: data_weight, sigma_start, sigma_end, init, eta"), ({"eta": "abc"}, "must be a finite number"),
      ({"cg_iters": "2.5"}, "must be an integer"), ({"data_weight": "-1"}, "data_weight")],
 )
 def test_bad_options_raise_input_error(dense_op, options, phrase):
@@ -188,3 +189,16 @@ def test_sqrt_series_and_coupling_schedule(dense_op):
     sched = coupling_schedule(10, 1.0, 0.01, 0.5)
     assert len(sched) == 10 and sched[0] == 1.0 and sched[4:] == [pytest.approx(0.01)] * 6
     assert all(a >= b for a, b in zip(sched, sched[1:]))
+
+
+def test_sigma_end_stops_the_schedule(dense_op):
+    prior = tiny_prior(dense_op.image_shape)
+    y = measurement(dense_op, prior)
+    for end in (0.0, 0.05):
+        seen: list[StepInfo] = []
+        run_solver_with_info("diffpir", dense_op, y, prior, steps=6, options={"sigma_start": 1.0, "sigma_end": end},
+                             generator=torch.Generator().manual_seed(0), callback=seen.append)
+        sigmas = [s.sigma for s in seen]
+        assert sigmas[0] == pytest.approx(1.0)
+        assert sigmas[-1] == pytest.approx(end if end > 0 else prior.sigma_min)
+        assert all(a > b for a, b in zip(sigmas, sigmas[1:]))

@@ -58,6 +58,12 @@ class CommonOptions:
     from a classical estimate (``init``) plus noise of this std, in prior units, and run the
     schedule from there (Chung et al. 2022, "Come-closer-diffuse-faster"): fewer network
     evaluations, and the classical estimate anchors the result on unfamiliar images."""
+    sigma_end: float = 0.0
+    """0: the schedule ends at the prior's sigma_min. > 0: it ends at this noise level (prior
+    units) and the last denoised, data-consistent estimate is returned. Stopping at the level
+    of the residual artefacts rather than far below it keeps a weak or mismatched prior from
+    hallucinating fine texture (as in DPIR, Zhang et al. 2021, whose schedule ends at the noise
+    level)."""
     init: str = "direct"
     """The classical estimate a warm start begins from: 'direct' (FBP, zero-filled, Wiener)
     or a classical method name such as 'tv' or 'cgls' (see ``invdiff info --methods``)."""
@@ -312,7 +318,8 @@ def report_step(
 def start(denoiser: Denoiser, operator: Operator, y: torch.Tensor, steps: int, opts: CommonOptions, generator):
     """Initial state and noise schedule ``(x, sigmas)`` of a reverse diffusion.
 
-    Cold start: ``x = sigma_max * n`` with the Karras schedule from sigma_max. Warm start
+    Cold start: ``x = sigma_max * n`` with the Karras schedule from sigma_max down to
+    sigma_min (or ``opts.sigma_end``), then 0. Warm start
     (``opts.sigma_start > 0``): ``x = x_init + sigma_start * n`` with the schedule from
     sigma_start, where x_init is the classical estimate named by ``opts.init``."""
     from invdiff.sampling.schedules import karras_sigmas
@@ -321,7 +328,10 @@ def start(denoiser: Denoiser, operator: Operator, y: torch.Tensor, steps: int, o
     warm = float(opts.sigma_start) > 0
     if warm:
         top = min(float(opts.sigma_start), top)
-    sigmas = karras_sigmas(steps, denoiser.sigma_min, top).tolist()
+    bottom = float(denoiser.sigma_min)
+    if float(opts.sigma_end) > 0:
+        bottom = min(max(float(opts.sigma_end), bottom), top)
+    sigmas = karras_sigmas(steps, bottom, top).tolist()
     x = prior_noise(denoiser, operator, y, sigmas[0], generator)
     if warm:
         x = x + initial_estimate(operator, y, opts.init)

@@ -1,0 +1,116 @@
+"""Run the whole benchmark protocol and rewrite the tables in BENCHMARKS.md.
+
+    python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_brain.py --size 256
+    python examples/bench_suite.py                 # everything (about 1.5 h on 2 CPU cores)
+    python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min
+    python examples/bench_suite.py --only classical,recon-heldout --device cuda
+
+Every section of BENCHMARKS.md between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``
+is the verbatim table printed by one script of ``examples/`` (run as a subprocess), preceded by
+the command that produced it, the date and the machine. Sections not run keep their old text.
+``--dry-run`` prints the commands without running them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = HERE.parent / "BENCHMARKS.md"
+SOLVERS = "default,dds,ddnm,diffpir,dps"
+SETTINGS = "ct30,ct60,mri4x,mri8x,blur"
+
+
+def sections(quick: bool, device: str) -> dict[str, list[str]]:
+    """Section name -> the command line (without the interpreter) that prints its table."""
+    py = [sys.executable]
+    dev = ["--device", device]
+    slices = "2" if quick else "6"
+    recon = ["--settings", "ct30,mri8x" if quick else SETTINGS, "--slices", slices,
+             "--solvers", "default" if quick else SOLVERS, "--samples", "2" if quick else "4", *dev]
+    return {
+        "radon-speed": py + [str(HERE / "bench_radon.py"), "--sizes", "128", *([] if quick else ["256"]),
+                             "--threads", "2", *([] if quick else ["1"]), "--repeats", "3" if quick else "5"],
+        "classical": py + [str(HERE / "bench_classical.py"), "--slices", slices],
+        "classical-256": py + [str(HERE / "bench_classical.py"), "--slices", slices, "--size", "256", "--no-bart"],
+        "train-speed": py + [str(HERE / "bench_train.py"), "--steps", "3" if quick else "10", *dev],
+        "sampling-speed": py + [str(HERE / "bench_sampling.py"), "--sizes", "64", "128", "--batch", "4",
+                                "--steps", "3" if quick else "6", *dev],
+        "recon-heldout": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", *recon],
+        "recon-other": py + [str(HERE / "bench_reconstruct.py"), "--set", "other", *recon],
+        "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
+                           "--settings", "ct30,mri8x", "--slices", "2", "--solvers", "default", "--samples", "4", *dev],
+        "batch-memory": py + [str(HERE / "bench_batch_memory.py"), "--files", "100" if quick else "500"],
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def splice(text: str, name: str, body: str) -> str:
+    """Replace the body of section ``name`` (appending the section when it is missing)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text)
+    return text.rstrip() + f"\n\n{block}\n"
+
+
+def table_lines(output: str) -> str:
+    """The table (and comment) lines a benchmark printed, without progress noise."""
+    keep = [ln for ln in output.splitlines() if ln.startswith(("|", "#", "command", "torch", "Command"))]
+    return "\n".join(keep)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer slices and cases (< 10 min on 2 CPU cores)")
+    parser.add_argument("--only", default=None, help="comma-separated section names")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS)
+    args = parser.parse_args()
+    todo = sections(args.quick, args.device)
+    if args.only:
+        unknown = set(args.only.split(",")) - set(todo)
+        if unknown:
+            parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(todo)}")
+        todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
+    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
+    for name, command in todo.items():
+        shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c
+                                        for c in command[1:]]])
+        print(f"[{name}] {shown}", flush=True)
+        if args.dry_run:
+            continue
+        run = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent)
+        if run.returncode != 0:
+            print(run.stdout[-2000:], run.stderr[-4000:], sep="\n", file=sys.stderr)
+            sys.exit(f"section {name} failed (exit {run.returncode}); BENCHMARKS.md keeps its old text for it.")
+        body = (f"Command: `{shown}`{' (quick mode)' if args.quick else ''}  \n"
+                f"Run {dt.date.today().isoformat()} on {machine()}, device {args.device}.\n\n{table_lines(run.stdout)}")
+        text = splice(text, name, body)
+        args.out.write_text(text)
+        print(table_lines(run.stdout), flush=True)
+
+
+if __name__ == "__main__":
+    main()
