@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
-SOLVERS = "default,dds,ddnm,diffpir,dps"
+SOLVERS = "default,dds,ddnm"
 SETTINGS = "ct30,ct60,mri4x,mri8x,blur"
 
 
@@ -44,6 +44,7 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         "train-speed": py + [str(HERE / "bench_train.py"), "--steps", "3" if quick else "10", *dev],
         "sampling-speed": py + [str(HERE / "bench_sampling.py"), "--sizes", "64", "128", "--batch", "4",
                                 "--steps", "3" if quick else "6", *dev],
+        "denoise": py + [str(HERE / "bench_denoise.py"), "--slices", "4" if quick else "8"],
         "recon-heldout": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", *recon],
         "recon-other": py + [str(HERE / "bench_reconstruct.py"), "--set", "other", *recon],
         "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
