@@ -202,3 +202,25 @@ def test_sigma_end_stops_the_schedule(dense_op):
         assert sigmas[0] == pytest.approx(1.0)
         assert sigmas[-1] == pytest.approx(end if end > 0 else prior.sigma_min)
         assert all(a > b for a, b in zip(sigmas, sigmas[1:]))
+
+
+class _NaNAfter:
+    """A denoiser that returns NaN from its ``bad_call``-th call on (counts its calls)."""
+
+    def __init__(self, inner, bad_call: int):
+        self.inner, self.bad_call, self.calls = inner, bad_call, 0
+        self.sigma_min, self.sigma_max, self.sigma_data = inner.sigma_min, inner.sigma_max, inner.sigma_data
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        out = self.inner(x, sigma)
+        return out * float("nan") if self.calls >= self.bad_call else out
+
+
+@pytest.mark.parametrize("solver_name", ["diffpir", "dds", "ddnm"])
+def test_divergence_stops_the_run_at_the_bad_step(dense_op, solver_name):
+    bad = _NaNAfter(tiny_prior(dense_op.image_shape), bad_call=3)
+    y = measurement(dense_op, bad.inner)
+    with pytest.raises(DivergenceError, match=r"diverged at step 3 of 10"):
+        run_solver(solver_name, dense_op, y, bad, steps=10, generator=torch.Generator().manual_seed(0))
+    assert bad.calls == 3  # stopped at once, not after all ten steps

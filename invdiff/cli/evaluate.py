@@ -49,6 +49,13 @@ def evaluate(
     ref, m = load_reference(reference, key)
     if measurement is not None:
         m = read_measurement(require_file(measurement, "measurement"))
+    if m is not None:
+        from invdiff.pipeline.reconstruct import check_data
+
+        check_data(m)  # a residual against NaN or all-zero data means nothing
+    if ref.ndim == 3 and ref.shape != res["reconstruction"].shape:
+        raise InputError(f"{reference}: the reference has shape {ref.shape} but the reconstruction in {result} "
+                         f"has {res['reconstruction'].shape}.")
     scores = run_evaluate(res, ref, data_range=data_range, m=m)
     if json_out:
         emit_json({"result": str(result), "reference": str(reference), **scores})

@@ -37,9 +37,9 @@ def describe_file(path: Path) -> dict[str, Any]:
         return {"kind": "prior", "path": str(path), "checksum": prior.checksum, "config": prior.config}
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf"):
-        from invdiff.io.hdf5 import open_h5, read_measurement, read_result
+        from invdiff.io.hdf5 import read_measurement, read_result, reading
 
-        with open_h5(path) as f:
+        with reading(path) as f:
             keys = sorted(f.keys())
             is_measurement = "invdiff_operator" in f.attrs or "kspace" in f
             is_result = "reconstruction" in f and "kspace" not in f
@@ -50,8 +50,11 @@ def describe_file(path: Path) -> dict[str, Any]:
             return out
         if is_measurement:
             from invdiff.operators.base import config_to_json
+            from invdiff.pipeline.reconstruct import check_data, slice_operators
 
             m = read_measurement(path)
+            check_data(m)  # finite and not all zero, as reconstruct needs it
+            slice_operators(m, "cpu")(0)  # the geometry must be possible and fit the data
             text, arrays = config_to_json(m.operator)
             return {
                 "kind": "measurement",

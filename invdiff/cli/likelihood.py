@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +13,7 @@ import typer
 from invdiff.cli.app import app
 from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, emit_json, make_generator, progress_bar,
                                 resolve_device, show_progress)
-from invdiff.errors import InputError
+from invdiff.errors import InputError, naming
 
 EXAMPLES = """
 Examples:
@@ -78,21 +79,33 @@ def likelihood(
     prior = load_prior(prior_path, dev)
     if prior.channels != 1:
         raise InputError(f"{prior_path}: bits/dim is defined here for 1-channel (8-bit) priors only.")
-    stacks = read_image_paths(files)
+    failures: list[tuple[Path, str]] = []  # a batch run skips unreadable files and reports them
+    stacks = read_image_paths(files, failures=failures)
+    for stack in stacks:
+        if np.iscomplexobj(stack.data):
+            failures.append((stack.source, f"{stack.source}: complex images have no 8-bit bits/dim; give magnitude images."))
+    stacks = [s for s in stacks if not np.iscomplexobj(s.data)]
+    if not stacks:
+        if len(failures) == 1:
+            raise InputError(failures[0][1])
+        for _, message in failures:
+            print(f"invdiff: error: {message}", file=sys.stderr)
+        raise InputError(f"none of the {len(failures)} input(s) could be read.")
+    for _, message in failures:
+        print(f"invdiff: error: {message}", file=sys.stderr)
     generator = make_generator(seed)
     rows: list[dict] = []
     total = sum(s.data.shape[0] for s in stacks)
     with progress_bar(show_progress(quiet, json_out), "likelihood", total) as advance:
         for stack in stacks:
-            if np.iscomplexobj(stack.data):
-                raise InputError(f"{stack.source}: complex images have no 8-bit bits/dim; give magnitude images.")
             for first in range(0, stack.data.shape[0], batch_size):
                 pixels = stack.data[first:first + batch_size]
                 x, scale = prior.normalise(pixels)
                 offset = torch.full_like(scale, prior.normalisation.offset)
                 images, a, b = quantisation(pixels, (x, scale, offset))
-                bpd, stderr = bits_per_dim(prior, images, scale=a, offset=b, hutchinson=hutchinson,
-                                           generator=generator, rtol=rtol, atol=atol)
+                with naming(prior_path):  # a diverging ODE is the prior's doing
+                    bpd, stderr = bits_per_dim(prior, images, scale=a, offset=b, hutchinson=hutchinson,
+                                               generator=generator, rtol=rtol, atol=atol)
                 for j, (v, e) in enumerate(zip(bpd.tolist(), stderr.tolist())):
                     rows.append({"file": str(stack.source), "slice": first + j, "bits_per_dim": v,
                                  "stderr": None if math.isnan(e) else e})
@@ -100,14 +113,18 @@ def likelihood(
     values = np.array([r["bits_per_dim"] for r in rows])
     mean = float(values.mean())
     mean_stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    skipped = [{"input": str(path), "error": message} for path, message in failures]
     if json_out:
         emit_json({"bits_per_dim": {"per_image": rows, "mean": mean, "stderr": mean_stderr},
                    "hutchinson": hutchinson, "prior": str(prior_path), "prior_checksum": prior.checksum,
-                   "device": str(dev), "seed": seed})
-        return
-    if not quiet:
-        for r in rows:
-            err = "" if r["stderr"] is None else f" +- {r['stderr']:.3f}"
-            typer.echo(f"{r['file']}[{r['slice']}]  {r['bits_per_dim']:.4f} bits/dim{err}")
-    spread = "" if mean_stderr is None else f" +- {mean_stderr:.4f} (stderr over {len(values)} images)"
-    typer.echo(f"mean {mean:.4f} bits/dim{spread}")
+                   "device": str(dev), "seed": seed, "failed": skipped})
+    else:
+        if not quiet:
+            for r in rows:
+                err = "" if r["stderr"] is None else f" +- {r['stderr']:.3f}"
+                typer.echo(f"{r['file']}[{r['slice']}]  {r['bits_per_dim']:.4f} bits/dim{err}")
+        spread = "" if mean_stderr is None else f" +- {mean_stderr:.4f} (stderr over {len(values)} images)"
+        typer.echo(f"mean {mean:.4f} bits/dim{spread}")
+    if failures:
+        raise InputError(f"{len(failures)} input(s) could not be read and were skipped; "
+                         f"the other {len(stacks)} were scored.")

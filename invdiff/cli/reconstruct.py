@@ -38,7 +38,7 @@ from invdiff.cli.options import (
     ViewsOpt,
     geometry_from_options,
 )
-from invdiff.errors import InputError
+from invdiff.errors import InputError, naming
 
 METHOD_HELP = (
     "Classical method instead of a prior: fbp (radon), zero-filled, cg-sense (mri), wiener, richardson-lucy (blur), "
@@ -129,6 +129,10 @@ def reconstruct(
 
     if method is not None and (prior is not None or solver is not None):
         raise InputError("--method runs a classical reconstruction; it cannot be combined with --prior or --solver.")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
+    if image_size is not None and image_size < 1:
+        raise InputError(f"--image-size must be at least 1, got {image_size}.")
     files = expand_inputs(inputs)
     outputs = _outputs_for(files, out, out_dir)
     for o in outputs:
@@ -151,7 +155,8 @@ def reconstruct(
             summary.append({"input": str(src), "out": str(dst), "skipped": True})
             continue
         try:
-            m = load_measurement(src, operator=operator, geometry=geometry, image_size=image_size, seed=seed)
+            with naming(src):
+                m = load_measurement(src, operator=operator, geometry=geometry, image_size=image_size, seed=seed)
             if noise_std is not None:
                 m.operator["params"]["noise"] = {"kind": "gaussian", "std": float(noise_std)}
             s = Settings(**vars(settings))
@@ -166,13 +171,17 @@ def reconstruct(
                 if key not in loaded_priors:
                     from invdiff.prior.store import load_prior
 
-                    loaded_priors[key] = load_prior(prior_path, device=dev)
+                    try:
+                        loaded_priors[key] = load_prior(prior_path, device=dev)
+                    except InputError as exc:
+                        exc.fatal = True  # a bad prior fails every input: stop the batch here
+                        raise
                 the_prior = loaded_priors[key]
             elif dry_run:
                 emit_json({"input": str(src), "out": str(dst), **vars(s)})
                 continue
             start = time.perf_counter()
-            with progress_bar(bar, f"{src.name}", m.data.shape[0]) as advance:
+            with progress_bar(bar, f"{src.name}", m.data.shape[0]) as advance, naming(src):
                 if the_prior is None:
                     result = run_classical(m, s, dev, advance)
                 else:
@@ -186,7 +195,7 @@ def reconstruct(
             if not quiet and not json_out:
                 typer.echo(f"wrote {dst} ({m.data.shape[0]} slice(s), {result.info.get('seconds', 0):.1f} s)")
         except InputError as exc:
-            if len(files) == 1:
+            if len(files) == 1 or getattr(exc, "fatal", False):
                 raise
             failures.append({"input": str(src), "error": str(exc)})
             print(f"invdiff: error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from invdiff.cli.options import (
     ViewsOpt,
     geometry_from_options,
 )
+from invdiff.errors import naming
 
 
 @app.command(
@@ -92,18 +93,19 @@ def simulate(
         from invdiff.io.dicom_meta import meta_to_json
 
         attrs["source_dicom"] = meta_to_json(stack.dicom_meta)
-    measurement = run_simulate(
-        data,
-        operator,
-        geometry,
-        noise_std=noise_std,
-        noise_rel=noise_rel,
-        photons=photons,
-        read_std=read_noise,
-        seed=seed,
-        device=dev,
-        attrs=attrs,
-    )
+    with naming(image):  # impossible geometry: the sentence names the image it was asked for
+        measurement = run_simulate(
+            data,
+            operator,
+            geometry,
+            noise_std=noise_std,
+            noise_rel=noise_rel,
+            photons=photons,
+            read_std=read_noise,
+            seed=seed,
+            device=dev,
+            attrs=attrs,
+        )
     write_measurement(out, measurement)
     summary = {
         "out": str(out),

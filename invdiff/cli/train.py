@@ -26,6 +26,8 @@ Examples:
 
   invdiff train data.npy --out priors/p --steps 40000 --resume                 # continue a killed run
 
+  invdiff train my_scanner/ --out priors/mine --init data/priors/brain128 --steps 2000   # fine-tune a prior
+
   torchrun --nproc_per_node 4 -m invdiff train data/ --out priors/p --batch-size 64
 """
 
@@ -87,6 +89,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (and prior files).")] = 500,
     log_every: Annotated[int, typer.Option("--log-every", help="Steps between log rows.")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.safetensors exactly.")] = False,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from this prior's weights (fine-tune it on DATA; same architecture).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
@@ -123,6 +126,12 @@ def train(
         raise InputError(f"{out}: --out must be a directory, but a file is there.")
     if out.is_dir() and (out / "checkpoint.safetensors").exists() and not resume and not dry_run:
         raise InputError(f"{out}: holds a training checkpoint; add --resume to continue it or choose another --out.")
+    if init is not None and not (init / "config.json").is_file():
+        raise InputError(f"{init}: --init needs a prior directory with a config.json.")
+    if init is not None:
+        from invdiff.prior.store import load_prior
+
+        load_prior(init)  # config, weights and checksum must all be sound (InputError naming the file)
     for p in data:
         if not p.exists():
             raise InputError(f"{p}: training data path does not exist.")
@@ -169,11 +178,15 @@ def train(
         return
 
     extra = {"command": _command_line(ctx), "val_data": summary["val_data"]}
+    if init is not None:
+        from invdiff.prior.store import EMA_NAME, sha256_file
+
+        extra["initialised_from"] = {"prior": str(init), "weights_ema_sha256": sha256_file(init / EMA_NAME)}
     progress = show_progress(quiet, json_out)
     with _Reporter(progress, steps) as report:
         result = run_training(settings, train_set, out, norm=norm, data_summary=summary["data"], val_set=val_set,
                               val_data=extra_val, device=torch_device, resume=resume, extra_config=extra,
-                              on_step=report)
+                              init_from=init, on_step=report)
     if json_out:
         emit_json(result)
     elif not quiet:

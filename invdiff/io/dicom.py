@@ -31,6 +31,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from invdiff.errors import InputError
+from invdiff.io.atomic import exchange_paths
 
 MU_WATER_PER_MM = 0.0192
 """Linear attenuation coefficient of water, 1/mm, near 70 keV (NIST XCOM)."""
@@ -562,7 +563,9 @@ def _atomic_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir``; on success rename it onto ``out_dir``.
 
     A run killed before the end leaves only a hidden ``.NAME.*.tmp`` folder, never a partial
-    series. An existing non-empty ``out_dir`` is replaced only with ``overwrite``.
+    series. An existing non-empty ``out_dir`` is replaced only with ``overwrite``, in one
+    atomic exchange where the system has one (Linux renameat2), else by two renames (a kill
+    between them leaves the old series in a hidden ``.NAME.*.old`` folder).
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: DICOM output must be a folder, but a file with that name exists.")
@@ -578,6 +581,9 @@ def _atomic_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp_dir
         os.chmod(tmp_dir, 0o755)
         if out_dir.is_dir() and any(out_dir.iterdir()):
+            if exchange_paths(tmp_dir, out_dir):  # one atomic swap: the new series in, the old one out
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                return
             old_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
             os.replace(out_dir, old_dir)
         os.replace(tmp_dir, out_dir)  # onto a missing or empty folder: atomic on POSIX

@@ -70,34 +70,46 @@ def read_fastmri(path: str | os.PathLike) -> dict[str, Any]:
         f = h5py.File(path, "r")
     except OSError:
         raise InputError(f"{path}: not a readable HDF5 file.") from None
-    with f:
-        if not is_fastmri(f):
-            raise InputError(f"{path}: not a fastMRI file (no complex 'kspace' dataset of 3 or 4 dimensions).")
-        kspace = np.asarray(f["kspace"][()], dtype=np.complex64)
-        if kspace.ndim == 3:
-            kspace = kspace[:, None]
-        _, _, height, width = kspace.shape
-        if not np.isfinite(kspace).all():
-            raise InputError(f"{path}: dataset 'kspace' contains NaN or Inf values.")
-        out: dict[str, Any] = {"kspace": kspace}
-        if "mask" in f:
-            lines = np.asarray(f["mask"][()]).reshape(-1)
-            if lines.shape != (width,):
-                raise InputError(f"{path}: dataset 'mask' has {lines.size} entries, but the k-space has {width} columns.")
-            lines = lines.astype(np.float64)
-            if not np.isin(lines, (0.0, 1.0)).all():
-                raise InputError(f"{path}: dataset 'mask' must hold only 0 and 1 (or booleans).")
-            out["mask"] = np.broadcast_to(lines.astype(np.float32), (height, width)).copy()
-            out["mask_source"] = "dataset"
-        else:
-            out["mask"] = infer_mask(kspace)
-            out["mask_source"] = "inferred"
-        if not out["mask"].any():
-            raise InputError(f"{path}: the k-space holds no sampled line (all zeros).")
-        header = f.get("ismrmrd_header")
-        out["ismrmrd_header"] = _attr(header[()]) if isinstance(header, h5py.Dataset) else None
-        for key in RECONSTRUCTION_KEYS:
-            if key in f:
-                out[key] = np.asarray(f[key][()], dtype=np.float32)
-        out["attrs"] = {k: _attr(v) for k, v in f.attrs.items()}
+    try:
+        with f:
+            return _read(f, path)
+    except InputError:
+        raise
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:  # a damaged file that still opens
+        raise InputError(f"{path}: HDF5 file is corrupted or truncated ({type(exc).__name__}).") from None
+
+
+def _read(f: h5py.File, path: Path) -> dict[str, Any]:
+    """The body of :func:`read_fastmri` on an open file."""
+    if not is_fastmri(f):
+        raise InputError(f"{path}: not a fastMRI file (no complex 'kspace' dataset of 3 or 4 dimensions).")
+    kspace = np.asarray(f["kspace"][()], dtype=np.complex64)
+    if kspace.ndim == 3:
+        kspace = kspace[:, None]
+    _, _, height, width = kspace.shape
+    if not np.isfinite(kspace).all():
+        raise InputError(f"{path}: dataset 'kspace' contains NaN or Inf values.")
+    out: dict[str, Any] = {"kspace": kspace}
+    if "mask" in f:
+        if not isinstance(f["mask"], h5py.Dataset) or f["mask"].dtype.kind not in "biuf":
+            raise InputError(f"{path}: 'mask' must be a dataset of 0/1 numbers or booleans.")
+        lines = np.asarray(f["mask"][()]).reshape(-1)
+        if lines.shape != (width,):
+            raise InputError(f"{path}: dataset 'mask' has {lines.size} entries, but the k-space has {width} columns.")
+        lines = lines.astype(np.float64)
+        if not np.isin(lines, (0.0, 1.0)).all():
+            raise InputError(f"{path}: dataset 'mask' must hold only 0 and 1 (or booleans).")
+        out["mask"] = np.broadcast_to(lines.astype(np.float32), (height, width)).copy()
+        out["mask_source"] = "dataset"
+    else:
+        out["mask"] = infer_mask(kspace)
+        out["mask_source"] = "inferred"
+    if not out["mask"].any():
+        raise InputError(f"{path}: the k-space holds no sampled line (all zeros).")
+    header = f.get("ismrmrd_header")
+    out["ismrmrd_header"] = _attr(header[()]) if isinstance(header, h5py.Dataset) else None
+    for key in RECONSTRUCTION_KEYS:
+        if key in f:
+            out[key] = np.asarray(f[key][()], dtype=np.float32)
+    out["attrs"] = {k: _attr(v) for k, v in f.attrs.items()}
     return out

@@ -23,10 +23,11 @@ InputError naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
@@ -61,7 +62,11 @@ class Measurement:
 
 
 def open_h5(path: Path) -> h5py.File:
-    """Open an HDF5 file for reading; InputError if missing, empty or not HDF5."""
+    """Open an HDF5 file for reading; InputError if missing, empty or not HDF5.
+
+    Reading from the file can still fail later (a corrupted or truncated file often opens);
+    read inside :func:`reading` to turn those failures into InputErrors too.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist.")
@@ -76,11 +81,93 @@ def open_h5(path: Path) -> h5py.File:
         raise InputError(f"{path}: cannot be read as HDF5 ({reason}).") from None
 
 
-def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+@contextlib.contextmanager
+def reading(path: str | Path) -> Iterator[h5py.File]:
+    """``with reading(path) as f``: the open file; any HDF5 read failure inside the block (a
+    corrupted attribute, a truncated dataset, a damaged object header) becomes an InputError
+    naming the file."""
+    path = Path(path)
+    f = open_h5(path)
     try:
-        return f[key][()]
-    except (OSError, KeyError, ValueError) as exc:
+        with f:
+            yield f
+    except InputError:
+        raise
+    except (OSError, RuntimeError, KeyError) as exc:  # what h5py raises for damaged files
+        raise InputError(f"{path}: HDF5 file is corrupted or truncated ({_short(exc)}).") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()).rstrip(".")
+    return (text[:120] + "...") if len(text) > 120 else (text or type(exc).__name__)
+
+
+def _read_attr(f: h5py.File, name: str, path: Path) -> Any:
+    """Root attribute ``name``; InputError naming the file when it cannot be decoded (h5py
+    raises TypeError or ValueError for a damaged string or an unsupported type)."""
+    try:
+        return f.attrs[name]
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: attribute '{name}' cannot be read ({type(exc).__name__}); the file may be corrupted.") from None
+
+
+def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    obj = f.get(key)
+    if obj is None:
+        raise InputError(f"{path}: has no dataset '{key}'.")
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"{path}: '{key}' is an HDF5 group, not a dataset.")
+    try:
+        return obj[()]
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"{path}: dataset '{key}' cannot be read ({exc.__class__.__name__}); the file may be truncated.") from None
+
+
+def _numeric(array: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """``array`` if it holds numbers (bool, int, float, complex); else InputError naming the file."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "biufc":
+        raise InputError(f"{path}: dataset '{key}' holds {array.dtype} values, not numbers.")
+    return array
+
+
+def read_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    """Dataset ``key`` of the open file as a numeric numpy array (InputError naming the file
+    for a group, an unreadable dataset or non-numeric values)."""
+    return _numeric(_read_dataset(f, key, path), key, path)
+
+
+#: operators whose measurement must be complex (True) or real (False); plug-ins are not checked.
+COMPLEX_MEASUREMENT = {"radon": False, "mri": True, "blur": False}
+
+
+def _check_measurement_data(data: np.ndarray, operator_name: str, key: str, path: Path) -> np.ndarray:
+    """Numeric, at least (slices, n), of the kind (real/complex) the operator measures;
+    float32 / complex64 for the built-in operators."""
+    data = _numeric(data, key, path)
+    if data.ndim < 2:
+        raise InputError(f"{path}: dataset '{key}' has {data.ndim} dimension(s); expected (slices, ...).")
+    if data.size == 0:
+        raise InputError(f"{path}: dataset '{key}' is empty (shape {data.shape}).")
+    wants_complex = COMPLEX_MEASUREMENT.get(operator_name)
+    if wants_complex is True and data.dtype.kind != "c":
+        raise InputError(f"{path}: dataset '{key}' holds real {data.dtype} values, but {operator_name} k-space must be complex.")
+    if wants_complex is False and data.dtype.kind == "c":
+        raise InputError(f"{path}: dataset '{key}' holds complex values, but a {operator_name} measurement is real.")
+    if wants_complex is not None:
+        data = data.astype(np.complex64 if wants_complex else np.float32, copy=False)
+    return data
+
+
+def _check_ground_truth(truth: np.ndarray, data: np.ndarray, path: Path) -> np.ndarray:
+    truth = _numeric(truth, "ground_truth", path)
+    if truth.ndim == 2:
+        truth = truth[None]
+    if truth.ndim != 3 or truth.shape[0] != data.shape[0]:
+        raise InputError(
+            f"{path}: dataset 'ground_truth' has shape {truth.shape}; expected ({data.shape[0]}, H, W), one image per slice."
+        )
+    return truth.astype(np.complex64 if truth.dtype.kind == "c" else np.float32, copy=False)
 
 
 def write_measurement(path: str | Path, m: Measurement) -> None:
@@ -110,10 +197,12 @@ def read_measurement(path: str | Path) -> Measurement:
     """Read an invdiff measurement file, or a fastMRI file as it is.
 
     Foreign files without ``invdiff_operator`` (other than fastMRI) give an InputError telling
-    the user to describe the geometry on the command line.
+    the user to describe the geometry on the command line. The file's structure is checked
+    here (JSON, datasets, dtypes, dimensions); whether the data fit the operator's geometry is
+    checked where the operator is built (``slice_operators`` in invdiff/pipeline/reconstruct.py).
     """
     path = Path(path)
-    with open_h5(path) as f:
+    with reading(path) as f:
         if "invdiff_operator" not in f.attrs:
             from invdiff.io import fastmri
 
@@ -123,14 +212,18 @@ def read_measurement(path: str | Path) -> Measurement:
             raise InputError(
                 f"{path}: not an invdiff measurement file (no 'invdiff_operator' attribute and no fastMRI 'kspace')."
             )
-        text = f.attrs["invdiff_operator"]
-        text = text.decode() if isinstance(text, bytes) else str(text)
+        text = _read_attr(f, "invdiff_operator", path)
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
         try:
             raw = json.loads(text)
         except ValueError:
             raise InputError(f"{path}: the 'invdiff_operator' attribute is not valid JSON.") from None
-        if not isinstance(raw, dict) or "name" not in raw:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise InputError(f"{path}: the 'invdiff_operator' attribute has no operator 'name'.")
+        raw.setdefault("params", {})
+        if not isinstance(raw["params"], dict):
+            raise InputError(f"{path}: the 'params' of the 'invdiff_operator' attribute are not a JSON object.")
+        text = json.dumps(raw)
         refs: list[str] = []
 
         def collect(v):
@@ -147,18 +240,18 @@ def read_measurement(path: str | Path) -> Measurement:
         collect(raw)
         arrays = {}
         for ref in refs:
-            if ref not in f:
+            if not isinstance(ref, str) or ref not in f:
                 raise InputError(f"{path}: dataset '{ref}' named by the operator description is missing.")
-            arrays[ref] = _read_dataset(f, ref, path)
+            arrays[ref] = _numeric(_read_dataset(f, ref, path), ref, path)
         operator = config_from_json(text, arrays)
         key = measurement_key(operator["name"])
         if key not in f:
             raise InputError(f"{path}: no '{key}' dataset for the {operator['name']} operator.")
-        data = _read_dataset(f, key, path)
+        data = _check_measurement_data(_read_dataset(f, key, path), operator["name"], key, path)
         truth = _read_dataset(f, "ground_truth", path) if "ground_truth" in f else None
-        attrs = {k: _attr(v) for k, v in f.attrs.items() if k not in ("invdiff_operator", "invdiff_format")}
-    if data.ndim < 2:
-        raise InputError(f"{path}: dataset '{key}' has {data.ndim} dimension(s); expected (slices, ...).")
+        attrs = {k: _attr(_read_attr(f, k, path)) for k in f.attrs.keys() if k not in ("invdiff_operator", "invdiff_format")}
+    if truth is not None:
+        truth = _check_ground_truth(truth, data, path)
     return Measurement(data=data, operator=operator, ground_truth=truth, attrs=attrs, source=path)
 
 
@@ -219,18 +312,31 @@ def write_result(
 def read_result(path: str | Path) -> dict[str, Any]:
     """Read a result file: dict with reconstruction, std, samples (or None) and provenance."""
     path = Path(path)
-    with open_h5(path) as f:
+    with reading(path) as f:
         if "reconstruction" not in f:
             raise InputError(f"{path}: no 'reconstruction' dataset; is this an invdiff result file?")
-        out: dict[str, Any] = {"reconstruction": _read_dataset(f, "reconstruction", path)}
+        out: dict[str, Any] = {"reconstruction": _numeric(_read_dataset(f, "reconstruction", path), "reconstruction", path)}
         if "reconstruction_complex" in f:
-            out["reconstruction_complex"] = _read_dataset(f, "reconstruction_complex", path)
+            out["reconstruction_complex"] = _numeric(_read_dataset(f, "reconstruction_complex", path), "reconstruction_complex", path)
         for key in ("std", "samples"):
-            out[key] = _read_dataset(f, key, path) if key in f else None
-        out["provenance"] = _attr(f.attrs.get("invdiff_provenance", "{}"))
+            out[key] = _numeric(_read_dataset(f, key, path), key, path) if key in f else None
+        out["provenance"] = _attr(_read_attr(f, "invdiff_provenance", path)) if "invdiff_provenance" in f.attrs else {}
     rec = out["reconstruction"]
     if rec.ndim == 2:
-        out["reconstruction"] = rec[None]
+        rec = out["reconstruction"] = rec[None]
     elif rec.ndim != 3:
         raise InputError(f"{path}: 'reconstruction' has shape {rec.shape}; expected (slices, H, W).")
+    if np.iscomplexobj(rec):
+        raise InputError(f"{path}: 'reconstruction' holds complex values; invdiff stores the magnitude there.")
+    out["reconstruction"] = rec.astype(np.float32, copy=False)
+    for key in ("reconstruction_complex", "std"):
+        value = out.get(key)
+        if value is None:
+            continue
+        if value.ndim == 2:
+            value = out[key] = value[None]
+        if value.shape != rec.shape:
+            raise InputError(f"{path}: '{key}' has shape {value.shape} but 'reconstruction' has {rec.shape}.")
+    if not isinstance(out["provenance"], dict):
+        out["provenance"] = {}
     return out

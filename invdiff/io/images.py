@@ -111,20 +111,46 @@ def read_images(
 
 
 def read_image_paths(
-    paths: Sequence[str | os.PathLike], *, key: str | None = None, axis: int = 2, allow_rgb: bool = False
+    paths: Sequence[str | os.PathLike],
+    *,
+    key: str | None = None,
+    axis: int = 2,
+    allow_rgb: bool = False,
+    failures: list[tuple[Path, str]] | None = None,
 ) -> list[ImageStack]:
     """Read many files and folders. Folders are searched recursively for image files (hidden
     files and unknown suffixes are skipped); the DICOM files of one folder become one stack per
-    series. An explicitly named file is always read (and may fail)."""
+    series. An explicitly named file is always read (and may fail).
+
+    failures: None (default) raises the first InputError. A list makes the read lenient, for
+    batch runs: each file (or DICOM series) that cannot be read is appended as ``(path,
+    message)`` and skipped, and the others are returned.
+    """
     stacks: list[ImageStack] = []
+
+    def attempt(source: Path, read: Callable[[], Any]) -> Any:
+        if failures is None:
+            return read()
+        try:
+            return read()
+        except InputError as exc:
+            failures.append((Path(source), str(exc)))
+            return None
+
     for entry in map(Path, paths):
         if entry.is_dir():
-            found = _read_folder(entry, key, axis, allow_rgb)
-            if not found:
-                raise InputError(f"{entry}: folder contains no image files.")
+            before = len(failures) if failures is not None else 0
+            found = _read_folder(entry, key, axis, allow_rgb, attempt)
+            if not found and (failures is None or len(failures) == before):
+                message = f"{entry}: folder contains no image files."
+                if failures is None:
+                    raise InputError(message)
+                failures.append((entry, message))
             stacks.extend(found)
         else:
-            stacks.append(read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb))
+            stack = attempt(entry, lambda: read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb))
+            if stack is not None:
+                stacks.append(stack)
     return stacks
 
 
@@ -354,21 +380,28 @@ def _dicom_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool) -> list[ImageStack]:
+def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool,
+                 attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
     stacks: list[ImageStack] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
         dicom_files = _dicom_files(here)
-        for group in dicom.group_dicom_series(dicom_files) if dicom_files else []:
-            stacks.append(_series_stack(here, group))
+        # headers first, one by one, so that one unreadable file does not hide the whole series
+        readable = [f for f in dicom_files if attempt(f, lambda f=f: dicom.read_dicom_header(f, pixels=False)) is not None]
+        for group in dicom.group_dicom_series(readable) if readable else []:
+            stack = attempt(group[0].parent, lambda group=group: _series_stack(here, group))
+            if stack is not None:
+                stacks.append(stack)
         for name in sorted(names):
             path = here / name
             if name.startswith(".") or path in dicom_files:
                 continue
             kind = _suffix_kind(path)
             if kind is not None and kind != "dicom":
-                stacks.append(read_images(path, key=key, axis=axis, allow_rgb=allow_rgb))
+                stack = attempt(path, lambda path=path: read_images(path, key=key, axis=axis, allow_rgb=allow_rgb))
+                if stack is not None:
+                    stacks.append(stack)
     return stacks
 
 

@@ -55,6 +55,8 @@ def normalise_psf(psf: Any, image_hw: tuple[int, int]) -> np.ndarray:
             f"the PSF ({array.shape[0]}x{array.shape[1]}) is larger than the image ({image_hw[0]}x{image_hw[1]}); "
             "crop the PSF or use a bigger image."
         )
+    if abs(total - 1.0) <= 1e-12:  # already normalised: dividing again would drift by an ulp on
+        return array  # every to_config/from_config round trip, and the rebuilt operator must be identical
     return array / total
 
 

@@ -36,6 +36,7 @@ interpolated linearly at the pixel (pixel-driven back-projection, as ``skimage``
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,32 @@ PARAMS = ("image_shape", "angles_deg", "detectors", "spacing", "pixel_size", "fi
 #: Views per vectorised block when building the matrix / back-projecting (bounds temporaries).
 _BUILD_CHUNK = 8
 _BACKPROJECT_ELEMENTS = 1 << 22
+
+
+def projector_bytes(height: int, width: int, views: int, detectors: int, itemsize: int = 4) -> int:
+    """An upper bound of the memory the projector and its transpose take: each ray crosses at
+    most max(H, W) lines with two interpolation taps; each entry stores a value and an index."""
+    entries = views * detectors * 2 * max(height, width)
+    return 2 * entries * (itemsize + 4)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_projector_fits(image_shape: tuple[int, int, int], views: int, detectors: int, itemsize: int) -> None:
+    """InputError for a geometry whose projector cannot fit in this machine's memory (an edited
+    file can claim a 20000x20000 image; better one sentence than an out-of-memory kill)."""
+    _, height, width = image_shape
+    need, have = projector_bytes(height, width, views, detectors, itemsize), _physical_memory()
+    if have is not None and need > have:
+        raise InputError(
+            f"the radon geometry ({height}x{width} image, {views} views, {detectors} detectors) needs up to "
+            f"{need / 2**30:.0f} GiB for its projector, more than this machine's {have / 2**30:.0f} GiB of memory."
+        )
 
 
 def default_detectors(height: int, width: int) -> int:
@@ -209,6 +236,7 @@ class RadonOperator(Operator):
         self.measurement_is_complex = False
 
         np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        _check_projector_fits(self.image_shape, len(self.angles_deg), self.detectors, np.dtype(np_dtype).itemsize)
         matrix = joseph_matrix((height, width), self.angles_deg, self.detectors, self.spacing, self.pixel_size, np_dtype)
         self._matrix = _to_torch_csr(matrix, self.device, dtype)
         self._transpose = _to_torch_csr(matrix.T.tocsr(), self.device, dtype)

@@ -10,22 +10,25 @@ import torch
 
 from invdiff import metrics
 from invdiff.errors import InputError
-from invdiff.io.hdf5 import Measurement, open_h5, read_measurement
+from invdiff.io.hdf5 import Measurement, read_array, read_measurement, reading
 
 
 def load_reference(path: Path, key: str | None = None) -> tuple[np.ndarray, Measurement | None]:
     """The reference volume ``(slices, H, W)``: a simulated measurement's ``ground_truth``,
     or any image file. Returns the measurement too when the reference is one."""
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        with open_h5(path) as f:
+        with reading(path) as f:
             is_measurement = "invdiff_operator" in f.attrs
             if not is_measurement:
                 if key is None and "reconstruction" in f:
                     key = "reconstruction"
                 if key is None or key not in f:
                     raise InputError(f"{path}: no 'ground_truth' or --key dataset to use as the reference.")
-                data = np.asarray(f[key][()])
-                return (data[None] if data.ndim == 2 else data), None
+                data = read_array(f, key, path)
+                data = data[None] if data.ndim == 2 else data
+                if data.ndim != 3:
+                    raise InputError(f"{path}: dataset '{key}' has shape {data.shape}; expected (slices, H, W).")
+                return data, None
         m = read_measurement(path)
         if m.ground_truth is None:
             raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
@@ -42,9 +45,15 @@ def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float
     from invdiff.pipeline.simulate import image_tensor
 
     op_for = slice_operators(m, "cpu", torch.float64)
+    source = m.source or "measurement"
+    if reconstruction.shape[0] != m.data.shape[0]:
+        raise InputError(f"{source}: holds {m.data.shape[0]} slice(s) but the reconstruction has {reconstruction.shape[0]}.")
     num = den = expected = 0.0
     for i in range(m.data.shape[0]):
         op = op_for(i)
+        if tuple(reconstruction.shape[1:]) != tuple(op.image_shape[1:]):
+            raise InputError(f"{source}: the {op.name} operator's images are {op.image_shape[1]}x{op.image_shape[2]} "
+                             f"but the reconstruction's are {reconstruction.shape[1]}x{reconstruction.shape[2]}.")
         x = image_tensor(reconstruction[i : i + 1], op.image_shape[0])
         y = torch.from_numpy(np.asarray(m.data[i : i + 1]))
         y = y.to(torch.complex128) if y.is_complex() else y.double()

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from invdiff.errors import DivergenceError, InputError
+from invdiff.errors import DivergenceError, InputError, naming
 from invdiff.io.hdf5 import Measurement
 from invdiff.operators.base import Operator, build_operator, to_complex
 
@@ -53,20 +53,102 @@ class Result:
 
 def slice_operators(m: Measurement, device, dtype=torch.float32) -> Callable[[int], Operator]:
     """A function slice index -> operator; coil maps given as "estimate" are estimated per
-    slice from the fully sampled k-space centre."""
+    slice from the fully sampled k-space centre. An operator description that cannot be built
+    (impossible geometry) or that the data do not fit is an InputError naming the file."""
     params = dict(m.operator["params"])
     name = m.operator["name"]
+    source = m.source or "measurement"
     if name == "mri" and isinstance(params.get("coil_maps"), str):
         from invdiff.operators.coils import estimate_maps
 
         def per_slice(i: int) -> Operator:
             p = dict(params)
-            p["coil_maps"] = np.asarray(estimate_maps(m.data[i]), np.complex64)
-            return build_operator({"name": name, "params": p}, device=device, dtype=dtype)
+            with naming(source):
+                p["coil_maps"] = np.asarray(estimate_maps(m.data[i]), np.complex64)
+                op = build_operator({"name": name, "params": p}, device=device, dtype=dtype)
+                check_geometry(m, op)
+            return op
 
         return per_slice
-    op = build_operator({"name": name, "params": params}, device=device, dtype=dtype)
+    with naming(source):
+        check_shape_before_building(m)
+        op = build_operator({"name": name, "params": params}, device=device, dtype=dtype)
+        check_geometry(m, op)
     return lambda i: op
+
+
+def expected_measurement_shape(name: str, params: dict) -> tuple[int, ...] | None:
+    """The measurement shape a built-in operator description implies, computed from its
+    parameters without building the operator (None for plug-ins or malformed descriptions;
+    building then reports the problem)."""
+    try:
+        _, height, width = (int(v) for v in params["image_shape"])
+        if name == "radon":
+            from invdiff.operators.radon import default_detectors
+
+            angles, detectors = params["angles_deg"], params.get("detectors")
+            if not isinstance(angles, (list, tuple, np.ndarray)):
+                return None
+            detectors = default_detectors(height, width) if detectors is None else int(detectors)
+            return (len(angles), detectors)
+        if name == "blur":
+            return (height, width)
+        if name == "mri":
+            maps = params.get("coil_maps")
+            coils = 1 if maps is None else (None if isinstance(maps, str) else int(np.shape(maps)[0]))
+            return None if coils is None else (coils, height, width)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return None
+
+
+#: float32 copies of one image a reconstruction must be able to hold (samples, gradients, workspace)
+IMAGE_COPIES = 64
+
+
+def _physical_memory() -> int | None:
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_shape_before_building(m: Measurement) -> None:
+    """Compare the data with the shape the description implies before building the operator,
+    so that an edited description (a 20000x20000 image, say) cannot allocate a huge operator."""
+    source = m.source or "measurement"
+    try:
+        _, height, width = (int(v) for v in m.operator["params"]["image_shape"])
+    except (KeyError, TypeError, ValueError):
+        height = width = 0  # building the operator reports a bad or missing image shape
+    memory = _physical_memory()
+    if memory is not None and height > 0 and width > 0 and height * width * 4 * IMAGE_COPIES > memory:
+        raise InputError(f"{source}: the {height}x{width} image its operator describes is too large for this "
+                         f"machine's {memory / 2**30:.0f} GiB of memory.")
+    expected = expected_measurement_shape(m.operator["name"], m.operator["params"])
+    if expected is not None and tuple(m.data.shape[1:]) != expected:
+        raise InputError(
+            f"{source}: data of shape {tuple(m.data.shape[1:])} does not match the "
+            f"{m.operator['name']} geometry, which expects {expected}."
+        )
+
+
+def check_geometry(m: Measurement, op: Operator) -> None:
+    """InputError unless the measurement (and its ground truth) have the shapes ``op`` works on."""
+    source = m.source or "measurement"
+    if tuple(m.data.shape[1:]) != tuple(op.measurement_shape):
+        raise InputError(
+            f"{source}: data of shape {tuple(m.data.shape[1:])} does not match the {op.name} "
+            f"geometry, which expects {tuple(op.measurement_shape)}."
+        )
+    truth = m.ground_truth
+    if truth is not None and tuple(truth.shape[1:]) != tuple(op.image_shape[1:]):
+        raise InputError(
+            f"{source}: the ground_truth images are {truth.shape[1]}x{truth.shape[2]} but the {op.name} "
+            f"operator's images are {op.image_shape[1]}x{op.image_shape[2]}."
+        )
 
 
 def _tensor(data: np.ndarray, device, dtype) -> torch.Tensor:

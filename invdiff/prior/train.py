@@ -48,6 +48,8 @@ LOG_JSON = "training_log.json"
 LOG_CSV = "training_log.csv"
 # settings that may change when resuming; every other one must match the checkpoint
 RESUMABLE = {"steps", "checkpoint_every", "log_every", "val_every"}
+#: layout version of checkpoint.safetensors (state key ``format_version``; absent = 1)
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -181,7 +183,7 @@ def save_checkpoint(out_dir: Path, model: Precond, ema: EMA, optimizer: torch.op
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     tensors.update(_rng_tensors(data_gen, noise_gen, device))
     np_state = np.random.get_state()
-    state = {**state, "optimizer_param_groups": opt["param_groups"],
+    state = {**state, "format_version": CHECKPOINT_FORMAT, "optimizer_param_groups": opt["param_groups"],
              "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
              "python_rng": json.loads(json.dumps(random.getstate()))}
     text = json.dumps(state)
@@ -191,36 +193,68 @@ def save_checkpoint(out_dir: Path, model: Precond, ema: EMA, optimizer: torch.op
 
 def load_checkpoint(out_dir: Path, model: Precond, ema: EMA, optimizer: torch.optim.Optimizer,
                     data_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device) -> dict:
-    from safetensors import safe_open
-
     path = out_dir / CHECKPOINT
-    tensors = load_weights(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if "invdiff_checkpoint" not in meta:
-        raise InputError(f"{path}: is not an invdiff training checkpoint.")
-    state = json.loads(meta["invdiff_checkpoint"])
+    tensors, state = read_checkpoint(path)
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     except RuntimeError:
         raise InputError(f"{path}: checkpoint weights do not fit the network of this run.") from None
     opt_state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            opt_state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    data_gen.set_state(tensors["rng.data"])
-    noise_gen.set_state(tensors["rng.noise"].to(noise_gen.get_state().device))
-    if device.type == "cuda" and "rng.torch_cuda" in tensors:
-        torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
-    name, pos, has_gauss, cached = state["numpy_rng"]
-    np.random.set_state((name, tensors["rng.numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-    py = state["python_rng"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    try:
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, i, name = k.split(".", 2)
+                opt_state.setdefault(int(i), {})[name] = v
+        if int(state["step"]) > 0 and not opt_state:
+            raise ValueError("no optimiser state after training steps")
+        optimizer.load_state_dict({"state": opt_state, "param_groups": state["optimizer_param_groups"]})
+        torch.set_rng_state(tensors["rng.torch_cpu"])
+        data_gen.set_state(tensors["rng.data"])
+        noise_gen.set_state(tensors["rng.noise"].to(noise_gen.get_state().device))
+        if device.type == "cuda" and "rng.torch_cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
+        name, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, tensors["rng.numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+        py = state["python_rng"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        int(state["step"]), list(state["history"]), float(state["elapsed_s"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path}: checkpoint state is damaged ({type(exc).__name__}: {str(exc)[:120]}); "
+                         "it cannot be resumed.") from None
     return state
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and JSON state of a checkpoint file (safetensors only, never a pickle),
+    checked for completeness and format version; InputError naming the file otherwise."""
+    from invdiff.prior.store import weights_metadata
+
+    tensors = load_weights(path)
+    meta = weights_metadata(path)
+    if "invdiff_checkpoint" not in meta:
+        raise InputError(f"{path}: is not an invdiff training checkpoint.")
+    try:
+        state = json.loads(meta["invdiff_checkpoint"])
+    except ValueError:
+        raise InputError(f"{path}: the checkpoint's state (safetensors metadata) is not valid JSON.") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: the checkpoint's state is not a JSON object.")
+    version = state.get("format_version", 1)  # checkpoints written before versions were recorded are version 1
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"{path}: the checkpoint's format_version {version!r} is not an integer.")
+    if version < 1:
+        raise InputError(f"{path}: checkpoint format_version {version} is older than the oldest this invdiff "
+                         "resumes (1); start a new run.")
+    if version > CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: checkpoint format_version {version} is newer than this invdiff resumes "
+                         f"({CHECKPOINT_FORMAT}); upgrade invdiff.")
+    missing = [k for k in ("step", "history", "elapsed_s", "settings", "optimizer_param_groups", "numpy_rng", "python_rng")
+               if k not in state]
+    missing += [k for k in ("rng.torch_cpu", "rng.data", "rng.noise", "rng.numpy_keys") if k not in tensors]
+    if missing:
+        raise InputError(f"{path}: checkpoint is incomplete (no {', '.join(missing)}); it cannot be resumed.")
+    return tensors, state
 
 
 def _write_log(out_dir: Path, history: list[dict]) -> None:
@@ -238,11 +272,14 @@ def _write_log(out_dir: Path, history: list[dict]) -> None:
 
 def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normalisation, data_summary: dict,
           val_set: ImageSet | None = None, val_data: ImageSet | None = None, device: torch.device | None = None,
-          resume: bool = False, extra_config: dict | None = None,
+          resume: bool = False, extra_config: dict | None = None, init_from: Path | None = None,
           on_step: Callable[[StepReport], None] | None = None) -> dict:
     """Train a prior into ``out_dir``; returns a summary dict (steps, losses, files).
 
-    Under torchrun (WORLD_SIZE > 1) every rank calls this with the same arguments.
+    ``init_from``: a prior directory whose EMA weights start the run (fine-tuning a prior on new
+    data; the architecture must match; the optimiser and EMA start fresh). Ignored on resume,
+    where the checkpoint holds the weights. Under torchrun (WORLD_SIZE > 1) every rank calls
+    this with the same arguments.
     """
     out_dir = Path(out_dir)
     device = device or torch.device("cpu")
@@ -258,6 +295,8 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
     np.random.seed(s.seed % 2**32)
     random.seed(s.seed)
     model = build_model(s).to(device)
+    if init_from is not None and not resume:
+        init_weights(model, Path(init_from))
     ema = EMA(model, power=s.ema_power, max_decay=s.ema_max_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=s.weight_decay)
     data_gen = torch.Generator(device="cpu").manual_seed(s.seed)
@@ -346,6 +385,21 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
                "wall_s": round(time.perf_counter() - t_start, 2)}
     ddp.cleanup(info)
     return summary
+
+
+def init_weights(model: Precond, prior_dir: Path) -> None:
+    """Load the EMA weights of the prior in ``prior_dir`` into ``model`` (InputError if they do
+    not fit this run's network)."""
+    from invdiff.prior.store import EMA_NAME, read_config
+
+    read_config(prior_dir)
+    path = prior_dir / EMA_NAME
+    state = load_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise InputError(f"{path}: --init weights do not fit the network of this run "
+                         "(use the same --channels-base, --channel-mults, --res-blocks, --attention and --channels).") from None
 
 
 def weights_digest(model: torch.nn.Module) -> str:

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from invdiff.errors import DivergenceError
+
 # Butcher tableau (Dormand & Prince 1980, Table 2).
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
 _A = (
@@ -67,8 +69,9 @@ def dopri5(
     """Integrate dy/dt = f(t, y) from t0 to t1 (either direction); return ``(y(t1), nfe)``.
 
     ``f(t, y)`` takes a float t and a tensor shaped like ``y0``; ``nfe`` counts calls of f.
-    ``on_step(t, y, nfe)`` is called after every accepted step. Raises RuntimeError when
-    ``max_steps`` steps do not reach t1 or the state becomes non-finite.
+    ``on_step(t, y, nfe)`` is called after every accepted step. Raises DivergenceError (an
+    InputError: the command line reports it in one sentence, exit code 2) when ``max_steps``
+    steps do not reach t1 or the state becomes non-finite.
     """
     t0, t1 = float(t0), float(t1)
     if t0 == t1:
@@ -85,7 +88,8 @@ def dopri5(
     steps = 0
     while direction * (t1 - t) > 0:
         if steps >= max_steps:
-            raise RuntimeError(f"dopri5: {max_steps} steps did not reach t={t1} (now t={t}).")
+            raise DivergenceError(f"the ODE solver (dopri5) did not reach t={t1:.4g} in {max_steps} steps "
+                                  f"(stuck at t={t:.4g}); the prior may be damaged, or loosen --rtol/--atol.")
         steps += 1
         h = min(h, abs(t1 - t))
         hs = direction * h
@@ -101,7 +105,8 @@ def dopri5(
         scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
         err_norm = _rms(err / scale)
         if not math.isfinite(err_norm):
-            raise RuntimeError(f"dopri5: non-finite state at t={t + hs}.")
+            raise DivergenceError(f"the ODE solver (dopri5) diverged: NaN or Inf at t={t + hs:.4g}; "
+                                  "the prior may be damaged.")
         if err_norm <= 1.0:
             t, y, k1 = last, y_new, k7
             factor = _MAX_FACTOR if err_norm == 0 else min(_MAX_FACTOR, _SAFETY * err_norm ** (-1 / 5))

@@ -259,6 +259,11 @@ def run_solver_with_info(
 
     def report(info: StepInfo) -> None:
         info.nfe = counter.nfe
+        if info.denoised is not None and not bool(torch.isfinite(info.denoised).all()):
+            raise DivergenceError(
+                f"solver {name} diverged at step {info.step} of {info.total} (sigma {info.sigma:.3g}): the estimate "
+                "contains NaN or Inf; lower --guidance or the step option, or raise --steps."
+            )
         if callback is not None:
             callback(info)
 
