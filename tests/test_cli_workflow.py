@@ -141,3 +141,19 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "none.h5" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["reconstruct", "x.h5", "--steps", "abc"], "Invalid value for '--steps'"),
+        (["reconstruct", "--nonsense"], "No such option: --nonsense"),
+        (["simulate"], "Missing argument"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, args, phrase):
+    """Typer's usage errors (its own vendored click, or click itself) are exit code 2, one message."""
+    assert invdiff(*args) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err and "internal error" not in err

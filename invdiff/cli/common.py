@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
-import click
 import typer
 
 from invdiff.errors import InputError
+
+#: click's usage-error base class as Typer raises it: the real ``click.ClickException`` for
+#: Typer < 0.22, Typer's vendored copy (``typer._click``) after; found through the public
+#: ``typer.BadParameter`` so the CLI needs no separate click install and works with both.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 # --- options every command declares the same way ---------------------------------------
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: cuda when available).")]
@@ -27,12 +31,12 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     except InputError as exc:
         _error(str(exc))
         return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:  # usage errors, bad option values, missing files
+    except ClickException as exc:  # usage errors, bad option values, missing files
         exc.show()
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         _error("aborted.")
         return 130
     except KeyboardInterrupt:
