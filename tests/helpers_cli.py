@@ -3,6 +3,8 @@ tiny priors, and the bad-input contract (exit 2, one sentence naming the file, n
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import re
@@ -130,20 +132,15 @@ def ct_slice(path: Path, stored: np.ndarray, *, z: float = 0.0, instance: int = 
     return path
 
 
+@contextlib.contextmanager
 def one_thread():
-    """Context manager: torch on one thread (restored after). Tiny tensors gain nothing from a
-    second thread, and on a loaded CI machine two threads spin and run many times slower."""
-    import contextlib
-
+    """Torch on one thread inside the block (restored after): what tests/conftest.py sets for
+    the session, made explicit where a test compares with fresh one-thread processes."""
     import torch
 
-    @contextlib.contextmanager
-    def manager():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return manager()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

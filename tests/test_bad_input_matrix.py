@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from helpers_cli import brain32, ct_slice, expect_bad, invdiff, one_thread, rehash, tiny_prior
+from helpers_cli import brain32, ct_slice, expect_bad, invdiff, rehash, tiny_prior
 from invdiff.prior.store import CONFIG_NAME, EMA_NAME
 
 TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
@@ -30,10 +30,6 @@ TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

@@ -29,7 +29,7 @@ import pydicom
 import pytest
 import torch
 
-from helpers_cli import REPO, brain32, invdiff, one_thread, tiny_prior
+from helpers_cli import REPO, brain32, invdiff, tiny_prior
 from invdiff.io.hdf5 import read_result
 from invdiff.prior.store import EMA_NAME, RAW_NAME, load_prior, load_weights, save_prior
 from invdiff.prior.train import CHECKPOINT, read_checkpoint
@@ -39,10 +39,6 @@ TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from helpers_cli import brain32, invdiff, one_thread, tiny_prior
+from helpers_cli import brain32, invdiff, tiny_prior
 from invdiff.errors import InputError
 from invdiff.io.hdf5 import read_measurement, read_result
 from invdiff.operators.base import build_operator, inner
@@ -38,10 +38,6 @@ from invdiff.prior.store import CONFIG_NAME, load_prior, load_weights
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 # --- strategies ---------------------------------------------------------------------------

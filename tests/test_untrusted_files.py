@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_cli import REPO, brain32, expect_bad, invdiff, one_thread, tiny_prior
+from helpers_cli import REPO, brain32, expect_bad, invdiff, tiny_prior
 from invdiff.prior.store import EMA_NAME, RAW_NAME
 
 TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
@@ -62,10 +62,6 @@ def test_the_payloads_do_run_when_unpickled(tmp_path):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
