@@ -39,8 +39,10 @@ def main() -> None:
     device = torch.device(args.device)
     model = Precond(UNet(UNetConfig()), "edm", 0.5, 0.002, 80.0).to(device).eval().requires_grad_(False)
     print("command: " + " ".join(["python", *sys.argv]))
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
-    print(f"{'size':>5} {'sampler':>8} {'steps':>6} {'nfe':>5} {'s/step':>8} {'s/nfe':>8} {'peak MB':>9}")
+    print(f"# device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"default U-Net ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
+    print("| size | sampler | steps | NFE | s/step | s/NFE | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         for name in args.samplers:
             if device.type == "cuda":
@@ -57,8 +59,8 @@ def main() -> None:
                 torch.cuda.synchronize(device)
             wall = time.perf_counter() - start
             steps, nfe = len(infos), infos[-1]["nfe"]
-            print(f"{size:>5} {name:>8} {steps:>6} {nfe:>5} {wall / steps:>8.3f} {wall / nfe:>8.3f} "
-                  f"{peak_memory_mb(device):>9.0f}")
+            print(f"| {size} | {name} | {steps} | {nfe} | {wall / steps:.3f} | {wall / nfe:.3f} "
+                  f"| {peak_memory_mb(device):.0f} |", flush=True)
 
 
 if __name__ == "__main__":

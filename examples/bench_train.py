@@ -70,11 +70,12 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"command: python {shlex.join(sys.argv)}   torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {device}")
-    print(f"{'size':>6} {'batch':>6} {'params':>9} {'s/step':>8} {'img/s':>8} {'peak MiB':>9}")
+    print("| size | batch | params | s/step | images/s | peak MiB |")
+    print("|---|---|---|---|---|---|")
     for size in (int(v) for v in args.sizes.split(",")):
         r = bench(size, args.batch_size, args.steps, args.warmup, device)
-        print(f"{r['size']:>6} {r['batch']:>6} {r['params']:>9} {r['step_s']:>8.3f} {r['images_per_s']:>8.1f} "
-              f"{r['peak_mib']:>9.0f}")
+        print(f"| {r['size']} | {r['batch']} | {r['params']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} "
+              f"| {r['peak_mib']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
