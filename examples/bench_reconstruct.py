@@ -61,13 +61,15 @@ def pick(images: np.ndarray, n: int) -> np.ndarray:
     return images[idx]
 
 
-def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None) -> dict:
+def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None, samples: int = 1) -> dict:
     rec = np.abs(rec) if np.iscomplexobj(rec) else rec
     psnr = metrics.psnr_per_slice(truth, rec, 1.0)
     ssim = metrics.ssim_per_slice(truth, rec, 1.0)
     out = {"psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim))}
     if std is not None and np.any(std):
         out["coverage_2std"] = metrics.coverage(truth, rec, std, 2.0)
+        if samples > 1:
+            out["coverage_pred95"] = metrics.predictive_coverage(truth, rec, std, samples)
     return out
 
 
@@ -102,8 +104,8 @@ def main() -> None:
     prior_name = args.prior or default_prior_for("mri") if args.solvers else None
     print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
           f"prior={prior_name}")
-    print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | NFE/sample | s/slice | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | coverage 95 % pred. | NFE/sample | s/slice | peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key in args.settings.split(","):
         op_name, geometry, noise, methods = SETTINGS[key]
         m = simulate(images, op_name, geometry, seed=0, device="cpu", **noise)
@@ -128,7 +130,7 @@ def main() -> None:
                     "peak_mib": peak_mib(device),
                     "nfe": res.info["nfe_per_sample"],
                     "s_per_slice": res.info["seconds_per_slice"],
-                    **score(images, res.reconstruction, res.std),
+                    **score(images, res.reconstruction, res.std, args.samples),
                 }
             )
             _print(rows[-1])
@@ -144,9 +146,10 @@ def peak_mib(device: torch.device) -> float:
 
 def _print(r: dict) -> None:
     cov = f"{r['coverage_2std']:.1%}" if "coverage_2std" in r else "-"
+    pred = f"{r['coverage_pred95']:.1%}" if "coverage_pred95" in r else "-"
     print(
         f"| {r['setting']} | {r['method']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.3f} ± {r['ssim_std']:.3f} "
-        f"| {cov} | {r['nfe']:.0f} | {r['s_per_slice']:.2f} | {r['peak_mib']:.0f} |",
+        f"| {cov} | {pred} | {r['nfe']:.0f} | {r['s_per_slice']:.2f} | {r['peak_mib']:.0f} |",
         flush=True,
     )
 

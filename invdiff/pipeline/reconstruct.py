@@ -232,7 +232,8 @@ def check_prior_fits(prior, op: Operator, source: str) -> None:
 
 
 def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: None) -> Result:
-    from invdiff.solvers.base import run_solver_with_info
+    from invdiff.solvers.averaging import posterior_moments
+    from invdiff.solvers.base import initial_estimate, run_solver_with_info
 
     check_data(m)
     if s.samples < 1:
@@ -266,14 +267,16 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         discrepancies.extend(solver_info.discrepancy)
         resolved = {"steps": solver_info.steps, "guidance": solver_info.guidance, "options": solver_info.options}
         x = (x_n.detach() * scale).double()
+        beta = float(solver_info.options.get("classical_weight", 0.0))
+        classical = None
+        if beta > 0:
+            classical = (initial_estimate(op.scaled(scale), y, solver_info.options["classical_method"]) * scale).double()
+            classical = to_complex(classical)[0, 0] if classical.shape[1] == 2 else classical[0, 0]
         if x.shape[1] == 2:
-            z = to_complex(x)[:, 0]
-            mean = z.mean(0)
-            std = ((z - mean).abs().pow(2).sum(0) / (s.samples - 1)).sqrt() if s.samples > 1 else torch.zeros_like(mean.real)
+            mean, std = posterior_moments(to_complex(x)[:, 0], classical, beta)
             means.append(mean.cpu().numpy().astype(np.complex64))
         else:
-            mean = x[:, 0].mean(0)
-            std = x[:, 0].std(0, unbiased=True) if s.samples > 1 else torch.zeros_like(mean)
+            mean, std = posterior_moments(x[:, 0], classical, beta)
             means.append(mean.cpu().numpy().astype(np.float32))
         stds.append(std.cpu().numpy().astype(np.float32))
         if s.keep_samples:

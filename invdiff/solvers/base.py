@@ -67,6 +67,15 @@ class CommonOptions:
     init: str = "direct"
     """The classical estimate a warm start begins from: 'direct' (FBP, zero-filled, Wiener)
     or a classical method name such as 'tv' or 'cgls' (see ``invdiff info --methods``)."""
+    classical_weight: float = 0.0
+    """Weight beta in [0, 1] of the classical estimate ``classical_method`` in the reported
+    posterior (model averaging, invdiff/solvers/averaging.py): mean (1 - beta) m + beta x_c,
+    variance (1 - beta) s^2 + beta (1 - beta) |m - x_c|^2. 0: the diffusion posterior alone.
+    Keeps the reconstruction from losing to the classical method on images unlike the prior's
+    training data, and widens the uncertainty where the two disagree."""
+    classical_method: str = "tv"
+    """The classical method averaged in when ``classical_weight > 0`` ('direct' or a method
+    name, as for ``init``)."""
 
 
 @dataclass
@@ -199,7 +208,12 @@ def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[s
                     f"Unknown option '{key}' for solver {solver.name}; valid options: {', '.join(names)}."
                 )
             values[key] = _parse_value(solver.name, key, raw, hints[key])
-    return solver.options_type(**values)
+    opts = solver.options_type(**values)
+    if isinstance(opts, CommonOptions):
+        from invdiff.solvers.averaging import check_weight
+
+        check_weight(opts.classical_weight)
+    return opts
 
 
 def resolve_settings(
