@@ -13,7 +13,11 @@ Protocol (BENCHMARKS.md): images 128x128 in [0, 1]; PSNR and SSIM with data rang
 (fastMRI-style per slice, then mean and std over slices); CT: parallel beam, N views over
 180 degrees, Gaussian noise std = 0.01 x max|sinogram|; MRI: single coil, fastMRI random line
 masks (4x: 8 % centre, 8x: 4 % centre), complex Gaussian noise std 0.005 on orthonormal
-k-space; blur: Gaussian PSF sigma 2 px, reflect boundary, noise std 0.01. Image sets:
+k-space; blur: Gaussian PSF sigma 2 px, reflect boundary, noise std 0.01. Extended settings:
+``ct30-lowdose`` / ``ct60-lowdose`` (Beer-Lambert transmission, Poisson counts at I0 = 1e4
+photons per detector bin; image value 1 = 0.02/mm, 2 mm pixels), ``mri4x-8coil`` / ``mri8x-8coil`` (8 birdcage coil maps simulated by
+invdiff, the maps given to the reconstruction), ``blur-bead`` (the measured PSF: in-focus plane
+of flowdec's bead stack, ``python examples/fetch_data.py bead``). Image sets:
 ``heldout`` = held-out slices of the training volumes, ``other`` = other subjects and
 sequences; ``samples`` = the committed data/samples files (no cache needed).
 """
@@ -21,6 +25,7 @@ sequences; ``samples`` = the committed data/samples files (no cache needed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -39,13 +44,36 @@ from invdiff.pipeline.geometry import GeometryOptions  # noqa: E402
 from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior  # noqa: E402
 from invdiff.pipeline.simulate import simulate  # noqa: E402
 
+BEAD = "measured bead PSF"
 SETTINGS = {
     "ct30": ("radon", GeometryOptions(views=30), {"noise_rel": 0.01}, ["fbp", "tv", "l1-wavelet"]),
     "ct60": ("radon", GeometryOptions(views=60), {"noise_rel": 0.01}, ["fbp", "tv", "l1-wavelet"]),
     "mri4x": ("mri", GeometryOptions(acceleration=4, center_fraction=0.08), {"noise_std": 0.005}, ["zero-filled", "tv", "l1-wavelet"]),
     "mri8x": ("mri", GeometryOptions(acceleration=8, center_fraction=0.04), {"noise_std": 0.005}, ["zero-filled", "tv", "l1-wavelet"]),
     "blur": ("blur", GeometryOptions(psf="gaussian:2"), {"noise_std": 0.01}, ["wiener", "richardson-lucy", "tv"]),
+    # the extended protocol (data/priors issue): low-dose CT, 8-coil MRI, a measured PSF
+    "ct30-lowdose": ("radon", GeometryOptions(views=30, pixel_size=2.0), {"photons": 1e4}, ["fbp", "tv", "l1-wavelet"]),
+    "ct60-lowdose": ("radon", GeometryOptions(views=60, pixel_size=2.0), {"photons": 1e4}, ["fbp", "tv", "l1-wavelet"]),
+    "mri4x-8coil": ("mri", GeometryOptions(acceleration=4, center_fraction=0.08, coils=8), {"noise_std": 0.005},
+                    ["zero-filled", "cg-sense", "tv", "l1-wavelet"]),
+    "mri8x-8coil": ("mri", GeometryOptions(acceleration=8, center_fraction=0.04, coils=8), {"noise_std": 0.005},
+                    ["zero-filled", "cg-sense", "tv", "l1-wavelet"]),
+    "blur-bead": ("blur", GeometryOptions(psf=BEAD), {"noise_std": 0.01}, ["wiener", "richardson-lucy", "tv"]),
 }
+
+#: image value 1 -> this linear attenuation (1/mm; water at about 70 keV) for transmission CT,
+#: with 2 mm pixels (a 256 mm field at 128 px); results are divided by it before scoring
+MU_WATER = 0.02
+UNITS = {"ct30-lowdose": MU_WATER, "ct60-lowdose": MU_WATER}
+
+
+def geometry_for(geometry: GeometryOptions) -> GeometryOptions:
+    """Resolve the measured bead PSF (flowdec's bead stack in the cache; fetch_data.py bead)."""
+    if geometry.psf != BEAD:
+        return geometry
+    from fetch_data import cache_dir
+
+    return dataclasses.replace(geometry, psf=str(cache_dir() / "bead" / "data.tif"))
 
 
 def load_set(name: str, size: int) -> np.ndarray:
@@ -108,13 +136,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for key in args.settings.split(","):
         op_name, geometry, noise, methods = SETTINGS[key]
-        m = simulate(images, op_name, geometry, seed=0, device="cpu", **noise)
+        unit = UNITS.get(key, 1.0)
+        m = simulate(images * unit, op_name, geometry_for(geometry), seed=0, device="cpu", **noise)
         for method in (args.methods.split(",") if args.methods else methods):
             start = time.perf_counter()
             res = run_classical(m, Settings(method=method), device)
             sec = (time.perf_counter() - start) / len(images)
             rows.append({"setting": key, "method": method, "nfe": 0, "s_per_slice": sec, "peak_mib": peak_mib(device),
-                         **score(images, res.reconstruction, None)})
+                         **score(images, res.reconstruction / unit, None)})
             _print(rows[-1])
         for solver in [s for s in args.solvers.split(",") if s]:
             name = default_solver_for(op_name) if solver == "default" else solver
@@ -130,7 +159,7 @@ def main() -> None:
                     "peak_mib": peak_mib(device),
                     "nfe": res.info["nfe_per_sample"],
                     "s_per_slice": res.info["seconds_per_slice"],
-                    **score(images, res.reconstruction, res.std, args.samples),
+                    **score(images, res.reconstruction / unit, res.std / unit, args.samples),
                 }
             )
             _print(rows[-1])

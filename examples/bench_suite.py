@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
 SOLVERS = "default,dds,ddnm"
 SETTINGS = "ct30,ct60,mri4x,mri8x,blur"
+EXTENDED = "ct30-lowdose,ct60-lowdose,mri4x-8coil,mri8x-8coil,blur-bead"
 
 
 def sections(quick: bool, device: str) -> dict[str, list[str]]:
@@ -47,6 +48,9 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         "denoise": py + [str(HERE / "bench_denoise.py"), "--slices", "4" if quick else "8"],
         "recon-heldout": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", *recon],
         "recon-other": py + [str(HERE / "bench_reconstruct.py"), "--set", "other", *recon],
+        "recon-extended": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--settings",
+                                "ct30-lowdose,mri8x-8coil" if quick else EXTENDED, "--slices", slices,
+                                "--solvers", "default", "--samples", "2" if quick else "4", *dev],
         "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
                            "--settings", "ct30,mri8x", "--slices", "2", "--solvers", "default", "--samples", "4", *dev],
         "batch-memory": py + [str(HERE / "bench_batch_memory.py"), "--files", "100" if quick else "500"],

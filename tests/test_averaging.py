@@ -84,3 +84,22 @@ def test_bad_classical_weight_exits_2_without_output(setup, tmp_path, capsys):  
                    "--option", "classical_weight=2", "--out", out, "--quiet")
     assert code == 2 and not out.exists()
     assert "classical_weight" in capsys.readouterr().err
+
+
+def test_evaluate_reports_predictive_coverage(setup, tmp_path, capsys):  # noqa: F811
+    import json
+
+    from invdiff import metrics
+
+    root, prior, meas = setup
+    out = tmp_path / "k3.h5"
+    assert invdiff("reconstruct", meas, "--prior", prior, "--solver", "diffpir", "--steps", "3", "--samples", "3",
+                   "--seed", "2", "--out", out, "--quiet") == 0
+    capsys.readouterr()
+    assert invdiff("evaluate", out, "--reference", meas, "--json") == 0
+    scores = json.loads(capsys.readouterr().out)
+    with h5py.File(out) as f:
+        rec, std = f["reconstruction"][()], f["std"][()]
+    truth = np.load(root / "img.npy")
+    assert scores["coverage_pred95"] == pytest.approx(metrics.predictive_coverage(truth, rec, std, 3), abs=1e-6)
+    assert scores["coverage_pred95"] >= scores["coverage_2std"]

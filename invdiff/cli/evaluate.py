@@ -18,7 +18,8 @@ from invdiff.errors import InputError
         "volume; SSIM per slice (7x7 window) averaged over slices; the data range is the reference VOLUME's "
         "maximum unless --data-range is given. residual = ||A x - y|| / ||y||; discrepancy_ratio = "
         "||A x - y||^2 / E||noise||^2 (near 1 means the data are fitted to the noise level); coverage_2std = "
-        "fraction of pixels whose error is within 2 posterior std.\n\n"
+        "fraction of pixels whose error is within 2 posterior std; coverage_pred95 = the same for the 95 % Student-t "
+        "prediction interval of K samples, t(K-1) sqrt(1 + 1/K) std (95 % for an exact sampler at any K).\n\n"
         "Examples:\n\n"
         "  invdiff evaluate recon.h5 --reference sino.h5          (simulated file: its ground truth and residual)\n\n"
         "  invdiff evaluate recon.h5 --reference brain.png --data-range 1 --json"
@@ -68,8 +69,8 @@ def evaluate(
     table = Table(title=f"{result} vs {reference}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in ("psnr", "ssim", "nmse", "coverage_2std", "residual", "discrepancy_ratio", "data_range"):
+    for name in ("psnr", "ssim", "nmse", "coverage_2std", "coverage_pred95", "residual", "discrepancy_ratio", "data_range"):
         if name in scores:
-            fmt = {"psnr": "{:.2f} dB", "ssim": "{:.4f}", "nmse": "{:.5f}", "coverage_2std": "{:.1%}"}.get(name, "{:.4g}")
+            fmt = {"psnr": "{:.2f} dB", "ssim": "{:.4f}", "nmse": "{:.5f}", "coverage_2std": "{:.1%}", "coverage_pred95": "{:.1%}"}.get(name, "{:.4g}")
             table.add_row(name, fmt.format(scores[name]))
     Console().print(table)

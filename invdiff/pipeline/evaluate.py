@@ -85,6 +85,9 @@ def evaluate(result: dict[str, Any], reference: np.ndarray, *, data_range: float
     }
     if result.get("std") is not None and np.any(result["std"]):
         out["coverage_2std"] = metrics.coverage(ref, rec, result["std"], 2.0)
+        k = (result.get("provenance") or {}).get("samples")
+        if isinstance(k, int) and not isinstance(k, bool) and k >= 2:
+            out["coverage_pred95"] = metrics.predictive_coverage(ref, rec, result["std"], k)
     if m is not None:
         x = result.get("reconstruction_complex")
         out.update(data_residual(m, x if x is not None else rec))
