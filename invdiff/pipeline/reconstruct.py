@@ -24,6 +24,7 @@ import torch
 from invdiff.errors import DivergenceError, InputError, naming
 from invdiff.io.hdf5 import Measurement
 from invdiff.operators.base import Operator, build_operator, to_complex
+from invdiff.pipeline.operator_cache import cached_operator
 
 
 @dataclass
@@ -72,7 +73,7 @@ def slice_operators(m: Measurement, device, dtype=torch.float32) -> Callable[[in
         return per_slice
     with naming(source):
         check_shape_before_building(m)
-        op = build_operator({"name": name, "params": params}, device=device, dtype=dtype)
+        op = cached_operator({"name": name, "params": params}, device=device, dtype=dtype)
         check_geometry(m, op)
     return lambda i: op
 

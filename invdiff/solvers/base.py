@@ -51,8 +51,10 @@ class CommonOptions:
     """Options every solver accepts."""
 
     data_weight: str = "1"
-    """Likelihood multiplier (a positive number) or 'auto' (discrepancy-principle hook, see
-    invdiff/solvers/likelihood.py). 1 trusts the noise model: the Bayesian posterior."""
+    """Likelihood multiplier (a positive number), or 'auto' for diffpir and dds: every data
+    step then takes the weight that makes its result fit the data to the known noise level
+    (Morozov's discrepancy principle, invdiff/solvers/cg.py). 1 trusts the noise model: the
+    Bayesian posterior."""
     sigma_start: float = 0.0
     """0: start the reverse diffusion from pure noise at the prior's sigma_max. > 0: start
     from a classical estimate (``init``) plus noise of this std, in prior units, and run the

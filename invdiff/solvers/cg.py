@@ -17,6 +17,7 @@ breaking out of the loop.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -69,3 +70,47 @@ def pseudo_inverse(
     """
     rhs = operator.adjoint(weight * residual)
     return conjugate_gradient(normal_matvec(operator, weight), rhs, torch.zeros_like(rhs), iterations)
+
+
+def solve_discrepancy_proximal(
+    operator: Operator,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    anchor: torch.Tensor,
+    rho: float,
+    iterations: int,
+    dof: int,
+    target: float = 1.0,
+    searches: int = 12,
+    span: float = 1e6,
+) -> torch.Tensor:
+    """The data step with its weight chosen by Morozov's discrepancy principle (Morozov 1966).
+
+    Among the proximal points ``x(r) = argmin 0.5 ||A x - y||_W^2 + 0.5 r ||x - anchor||^2``
+    (W = 1/variance), take the one closest to the anchor (largest r) whose misfit does not
+    exceed the noise level, ``||A x - y||_W^2 <= target * dof`` (dof = real measurement degrees
+    of freedom, the expected misfit of the true image). The misfit of x(r) grows with r, so r
+    is found per batch element by bisection on log r over ``[rho / span, rho * span]``
+    (``searches`` CG solves of ``iterations`` steps; resolution ``2 ln(span) / 2^searches`` in
+    log r), without host synchronisation. An anchor that already fits is returned unchanged
+    (the data would only add noise); when no r in the bracket fits, the smallest r is used.
+    Relative to the fixed step ``r = rho`` this is a data weight rho / r chosen per step.
+    """
+    from invdiff.solvers.likelihood import weighted_misfit
+
+    if not rho > 0:
+        return solve_data_proximal(operator, y, weight, anchor, rho, iterations)
+    batch = anchor.shape[0]
+    limit = target * dof
+    anchor_fits = weighted_misfit(operator, anchor, y, weight) <= limit
+    lo = torch.full((batch,), math.log(rho / span), dtype=anchor.dtype, device=anchor.device)
+    hi = torch.full((batch,), math.log(rho * span), dtype=anchor.dtype, device=anchor.device)
+    best = solve_data_proximal(operator, y, weight, anchor, lo.exp(), iterations)
+    for _ in range(searches):
+        mid = 0.5 * (lo + hi)
+        x = solve_data_proximal(operator, y, weight, anchor, mid.exp(), iterations)
+        ok = weighted_misfit(operator, x, y, weight) <= limit
+        best = torch.where(_bcast(ok, x), x, best)
+        lo = torch.where(ok, mid, lo)
+        hi = torch.where(ok, hi, mid)
+    return torch.where(_bcast(anchor_fits, best), anchor, best)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invdiff.solvers.base import CommonOptions, Solver, report_step, start
-from invdiff.solvers.cg import solve_data_proximal
+from invdiff.solvers.cg import solve_data_proximal, solve_discrepancy_proximal
 from invdiff.solvers.integrators import ancestral_sigmas, ddim_step
-from invdiff.solvers.likelihood import precision, resolve_data_weight
+from invdiff.solvers.likelihood import is_auto, measurement_dof, precision, resolve_data_weight
 
 
 @dataclass
@@ -35,11 +35,15 @@ class DDSOptions(CommonOptions):
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DDSOptions, generator, callback=None):
     """DDS sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
+    auto, dof = is_auto(opts.data_weight), measurement_dof(operator)
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0hat = denoiser(x, sigma)
-        x0 = solve_data_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters)
+        if auto:
+            x0 = solve_discrepancy_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters, dof)
+        else:
+            x0 = solve_data_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters)
         sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, opts.eta)
         x = ddim_step(x0, (x - x0hat) / sigma, sigma_down, sigma_up, generator)
         report_step(callback, i + 1, steps, sigma, x0)

@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass
 
 from invdiff.solvers.base import CommonOptions, Solver, report_step, start
-from invdiff.solvers.cg import solve_data_proximal
+from invdiff.solvers.cg import solve_data_proximal, solve_discrepancy_proximal
 from invdiff.solvers.integrators import randn_like
-from invdiff.solvers.likelihood import precision, resolve_data_weight
+from invdiff.solvers.likelihood import is_auto, measurement_dof, precision, resolve_data_weight
 
 
 @dataclass
@@ -34,12 +34,16 @@ class DiffPIROptions(CommonOptions):
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DiffPIROptions, generator, callback=None):
     """DiffPIR sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
+    auto, dof = is_auto(opts.data_weight), measurement_dof(operator)
     zeta = min(max(opts.zeta, 0.0), 1.0)
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0hat = denoiser(x, sigma)
-        x0 = solve_data_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters)
+        if auto:
+            x0 = solve_discrepancy_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters, dof)
+        else:
+            x0 = solve_data_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters)
         if sigma_next > 0:
             eps = (x - x0) / sigma
             x = x0 + sigma_next * (math.sqrt(1 - zeta) * eps + math.sqrt(zeta) * randn_like(x, generator))

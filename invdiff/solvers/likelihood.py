@@ -7,8 +7,8 @@ With the noise model's per-element variance v(y) (invdiff/operators/noise.py) th
 (the negative Gaussian log-likelihood for white noise, penalised weighted least squares for
 the Poisson models; Sauer & Bouman 1993). Its gradient is ``A^H (W (A x - y))`` with the exact
 adjoint of the operator contract. ``data_weight`` tempers the likelihood: 1 trusts the noise
-model (the Bayesian posterior); ``"auto"`` is the hook for choosing it from the data
-(discrepancy principle, Morozov 1966), see :func:`resolve_data_weight`.
+model (the Bayesian posterior); ``"auto"`` chooses it at every data step from the data by the
+discrepancy principle (Morozov 1966), see :func:`resolve_data_weight`.
 """
 
 from __future__ import annotations
@@ -21,18 +21,31 @@ from invdiff.errors import InputError
 from invdiff.operators.base import Operator
 
 
-def resolve_data_weight(value: str | float, operator: Operator, y: torch.Tensor) -> float:
+def is_auto(value: str | float) -> bool:
+    """True for ``data_weight=auto`` (the discrepancy principle)."""
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+#: solvers whose data step is a proximal point and so can take its weight from the
+#: discrepancy principle (invdiff/solvers/cg.py, solve_discrepancy_proximal)
+AUTO_SOLVERS = ("diffpir", "dds")
+
+
+def resolve_data_weight(value: str | float, operator: Operator, y: torch.Tensor, solver: str | None = None) -> float:
     """The likelihood multiplier from the ``data_weight`` option.
 
-    A number is used as given (must be > 0). ``"auto"`` is the discrepancy-principle hook: the
-    noise level is known from ``operator.noise``, so the Bayesian weight 1 is returned for now;
-    a data-driven choice (scale W until ``||A x - y||_W^2`` matches its expectation, the
-    number of real measurement degrees of freedom; see :func:`discrepancy_ratio`) plugs in here
-    without changing any solver.
+    A number is used as given (must be > 0). ``"auto"`` (Morozov's discrepancy principle: the
+    data weight of every data step is chosen so that the step's result fits y to the known
+    noise level, ``||A x - y||^2_{1/v} = dof``) is carried out by the proximal data step of the
+    solvers in ``AUTO_SOLVERS``, which call this with ``solver=None`` and get the base weight 1;
+    a named other solver raises InputError.
     """
+    if is_auto(value):
+        if solver is not None and solver not in AUTO_SOLVERS:
+            raise InputError(f"option data_weight=auto (discrepancy principle) needs a solver with a proximal data "
+                             f"step ({', '.join(AUTO_SOLVERS)}), not {solver}; give a number instead.")
+        return 1.0
     if isinstance(value, str):
-        if value.strip().lower() == "auto":
-            return 1.0
         try:
             value = float(value)
         except ValueError:
