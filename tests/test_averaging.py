@@ -103,3 +103,11 @@ def test_evaluate_reports_predictive_coverage(setup, tmp_path, capsys):  # noqa:
     truth = np.load(root / "img.npy")
     assert scores["coverage_pred95"] == pytest.approx(metrics.predictive_coverage(truth, rec, std, 3), abs=1e-6)
     assert scores["coverage_pred95"] >= scores["coverage_2std"]
+
+
+@pytest.mark.parametrize("option", ["classical_method=nonsense", "init=nonsense"])
+def test_unknown_classical_method_is_refused_before_running(option):
+    from invdiff.solvers.base import get_solver, parse_options
+
+    with pytest.raises(InputError, match="Unknown classical method 'nonsense'"):
+        parse_options(get_solver("diffpir"), dict([option.split("=")]))

@@ -215,6 +215,15 @@ def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[s
         from invdiff.solvers.averaging import check_weight
 
         check_weight(opts.classical_weight)
+        for field in ("init", "classical_method"):
+            method = getattr(opts, field)
+            if method != "direct":
+                from invdiff.classical.methods import get_method
+
+                try:
+                    get_method(method)
+                except InputError as err:
+                    raise InputError(f"option {field} of solver {solver.name}: {err}") from None
     return opts
 
 

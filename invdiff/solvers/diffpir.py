@@ -10,6 +10,9 @@ In VE form, for each level sigma_t of the schedule:
 
 W = 1/variance is the paper's 1/sigma_n^2, so rho_t matches its ``lambda sigma_n^2 / sigma_t^2``.
 ``--guidance`` sets lambda (larger: trust the prior more). NFE = steps. Not an exact sampler.
+With ``data_weight=auto`` each data step instead takes the rho that puts its result at the
+noise level, ``||A x0' - y||_W^2 = dof`` (Morozov's discrepancy principle; cg.py). The reported
+posterior is averaged with the TV estimate by ``classical_weight`` (averaging.py).
 """
 
 from __future__ import annotations
