@@ -53,6 +53,7 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
                                 "--solvers", "default", "--samples", "2" if quick else "4", *dev],
         "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
                            "--settings", "ct30,mri8x", "--slices", "2", "--solvers", "default", "--samples", "4", *dev],
+        "batch-cache": py + [str(HERE / "bench_operator_cache.py"), "--files", "2" if quick else "4"],
         "batch-memory": py + [str(HERE / "bench_batch_memory.py"), "--files", "100" if quick else "500"],
     }
 
