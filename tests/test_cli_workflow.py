@@ -157,3 +157,15 @@ def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, args, phrase):
     assert invdiff(*args) == 2
     err = capsys.readouterr().err
     assert phrase in err and "Traceback" not in err and "internal error" not in err
+
+
+def test_info_solvers_lists_options_and_tuned_defaults(capsys):
+    from invdiff.solvers.base import SOLVERS, get_solver
+
+    assert invdiff("info", "--solvers", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["solver_details"]) == set(out["solvers"]) == set(SOLVERS.names())
+    diffpir = out["solver_details"]["diffpir"]
+    assert diffpir["options"]["classical_weight"] == 0.0 and diffpir["options"]["data_weight"] == "1"
+    assert diffpir["tuned_defaults"]["radon"] == get_solver("diffpir").defaults["radon"]
+    assert out["solver_details"]["langevin"]["exact"] is True

@@ -78,11 +78,29 @@ def describe_file(path: Path) -> dict[str, Any]:
     return out
 
 
+def solver_details(name: str) -> dict[str, Any]:
+    """What ``--solver NAME`` does and accepts: description, whether it samples the exact
+    posterior, what --guidance sets, every ``--option`` with its default, and the tuned
+    per-operator defaults ('*' = any other operator)."""
+    import dataclasses
+
+    from invdiff.solvers.base import get_solver
+
+    solver = get_solver(name)
+    return {
+        "description": solver.description,
+        "exact": solver.exact,
+        "guidance": solver.guidance_meaning,
+        "options": {f.name: f.default for f in dataclasses.fields(solver.options_type)},
+        "tuned_defaults": solver.defaults,
+    }
+
+
 @app.command(epilog="Examples:\n\n  invdiff info sino.h5\n\n  invdiff info recon.h5 --json\n\n  invdiff info --solvers")
 def info(
     file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, DICOM or image file.")] = None,
     operators: Annotated[bool, typer.Option("--operators", help="List registered operators.")] = False,
-    solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers.")] = False,
+    solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers, their --option names with defaults and their tuned per-operator defaults.")] = False,
     methods: Annotated[bool, typer.Option("--methods", help="List classical methods.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -96,6 +114,7 @@ def info(
         from invdiff.solvers.base import SOLVERS
 
         out["solvers"] = SOLVERS.names()
+        out["solver_details"] = {name: solver_details(name) for name in SOLVERS.names()}
     if methods:
         from invdiff.classical.methods import METHODS
 
