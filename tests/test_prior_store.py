@@ -143,3 +143,16 @@ def test_planted_pickle_is_refused_and_never_executed(tmp_path):
     with pytest.raises(InputError, match="safetensors"):
         load_prior(out, weights="raw")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c["network"]["unet"]["channel_mults"].__setitem__(0, float("inf")),  # int(inf) overflows
+    lambda c: c["precond"].__setitem__("sigma_data", 1e308),  # sigma_data**2 overflows
+    lambda c: c["precond"].__setitem__("sigma_max", 1e30),
+])
+def test_overflowing_config_values_are_input_errors(tmp_path, edit):
+    """Found by hypothesis (test_properties.py): these raised OverflowError, not InputError."""
+    out, _ = make_prior(tmp_path)
+    _edit_config(out, edit)
+    with pytest.raises(InputError, match=str(out)):
+        load_prior(out)

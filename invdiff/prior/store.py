@@ -45,6 +45,9 @@ EMA_NAME = "weights_ema.safetensors"
 RAW_NAME = "weights.safetensors"
 EMBEDDED_CONFIG = "invdiff_prior_config"
 EMBEDDED_DIGEST = "invdiff_tensors_sha256"
+#: noise levels (and sigma_data) in normalised units above this are an edited file, not a prior
+#: (sigma^2 must stay far from float overflow in the preconditioning)
+SIGMA_LIMIT = 1e6
 #: config entries that define the denoiser; the rest (steps done, command, ...) may differ
 #: between two saves of one training run.
 DENOISER_KEYS = ("network", "precond", "channels", "image_size", "normalisation")
@@ -180,13 +183,15 @@ def check_config(config: Any, path: Path) -> dict:
         str(p["kind"])
         channels, image_size = config["channels"], config["image_size"]
         Normalisation.from_dict(config["normalisation"])
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InputError(f"{path}: prior config is incomplete or edited (bad or missing entry {exc}).") from None
     except InputError as exc:
         raise InputError(f"{path}: prior config holds a bad value ({exc}).") from None
     problem = None
-    if not all(math.isfinite(v) for v in (sigma_data, sigma_min, sigma_max)) or not 0 < sigma_min < sigma_max or sigma_data <= 0:
-        problem = f"needs finite 0 < sigma_min < sigma_max and sigma_data > 0, got {sigma_min}, {sigma_max}, {sigma_data}"
+    if not all(math.isfinite(v) and v <= SIGMA_LIMIT for v in (sigma_data, sigma_min, sigma_max)) \
+            or not 0 < sigma_min < sigma_max or sigma_data <= 0:
+        problem = (f"needs 0 < sigma_min < sigma_max <= {SIGMA_LIMIT:g} and 0 < sigma_data <= {SIGMA_LIMIT:g}, "
+                   f"got {sigma_min}, {sigma_max}, {sigma_data}")
     elif channels not in (1, 2) or isinstance(channels, bool):
         problem = f"channels must be 1 or 2, got {channels!r}"
     elif unet.channels != channels:
