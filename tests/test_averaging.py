@@ -111,3 +111,17 @@ def test_unknown_classical_method_is_refused_before_running(option):
 
     with pytest.raises(InputError, match="Unknown classical method 'nonsense'"):
         parse_options(get_solver("diffpir"), dict([option.split("=")]))
+
+
+def test_tv_runs_once_per_slice_for_warm_start_and_average(setup, tmp_path, monkeypatch):  # noqa: F811
+    """The warm start of K samples and the TV average share one TV run per slice."""
+    import invdiff.classical.methods as methods
+
+    root, prior, meas = setup
+    calls = []
+    real = methods.run_method
+    monkeypatch.setattr(methods, "run_method", lambda name, op, y, *a, **k: calls.append((name, y.shape[0])) or real(name, op, y, *a, **k))
+    assert invdiff("reconstruct", meas, "--prior", prior, "--solver", "diffpir", "--steps", "2", "--samples", "3",
+                   "--option", "init=tv", "--option", "sigma_start=0.5", "--option", "classical_weight=0.3",
+                   "--out", tmp_path / "r.h5", "--quiet") == 0
+    assert calls == [("tv", 1), ("tv", 1)]  # two slices, batch 1 each

@@ -254,9 +254,10 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         y = _tensor(m.data[i : i + 1], device, op.dtype)
         op.check_measurement(y, source)
         y_k = y.expand(s.samples, *y.shape[1:]).clone()
+        op_s = op.scaled(scale)
         x_n, solver_info = run_solver_with_info(
             s.solver,
-            op.scaled(scale),
+            op_s,
             y_k,
             prior,
             steps=s.steps,
@@ -271,7 +272,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         beta = float(solver_info.options.get("classical_weight", 0.0))
         classical = None
         if beta > 0:
-            classical = (initial_estimate(op.scaled(scale), y, solver_info.options["classical_method"]) * scale).double()
+            classical = (initial_estimate(op_s, y, solver_info.options["classical_method"]) * scale).double()
             classical = to_complex(classical)[0, 0] if classical.shape[1] == 2 else classical[0, 0]
         if x.shape[1] == 2:
             mean, std = posterior_moments(to_complex(x)[:, 0], classical, beta)
