@@ -95,39 +95,60 @@ def expect_bad(root: Path, capsys, args, culprit, fragment: str | None = None) -
     return message
 
 
-def ct_slice(path: Path, stored: np.ndarray, *, z: float = 0.0, instance: int = 1, compressed: bool = False) -> Path:
-    """A minimal CT slice written with pydicom alone; ``compressed``: JPEG-LS transfer syntax with
-    junk fragments (no decoder for it is installed, and none is needed to see the syntax)."""
+def ct_slice(
+    path: Path,
+    stored: np.ndarray,
+    *,
+    z: float = 0.0,
+    instance: int = 1,
+    compressed: bool = False,
+    transfer_syntax: str | None = None,
+    modality: str = "CT",
+    series_uid: str = "1.2.3.4",
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    spacing: tuple[float, float] = (1.0, 1.0),
+    thickness: float = 1.0,
+    corner: tuple[float, float] = (0.0, 0.0),
+    patient_sex: str | None = None,
+) -> Path:
+    """A minimal CT slice written with pydicom alone (independent of invdiff's writer).
+    ``compressed``: JPEG-LS transfer syntax (or any ``transfer_syntax`` other than explicit
+    little endian) with junk fragments: no decoder is installed, and none is needed to see the
+    syntax. ``corner``: x, y of ImagePositionPatient (mm)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
+    syntax = transfer_syntax or (JPEGLSLossless if compressed else ExplicitVRLittleEndian)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGLSLossless if compressed else ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds.Modality = modality
     ds.PatientName, ds.PatientID = "Doe^Jane", "P-042"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3", "1.2.3.4", "1.2.3.9"
+    if patient_sex is not None:
+        ds.PatientSex = patient_sex
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3", series_uid, "1.2.3.9"
     ds.InstanceNumber = instance
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.SliceThickness = 1.0
+    ds.ImagePositionPatient = [float(corner[0]), float(corner[1]), z]
+    ds.PixelSpacing = list(spacing)
+    ds.SliceThickness = thickness
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-    if compressed:
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if syntax == ExplicitVRLittleEndian:
+        ds.PixelData = stored.astype("<u2").tobytes()
+    else:
         ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64)])
         ds["PixelData"].VR = "OB"
-    else:
-        ds.PixelData = stored.astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -144,3 +165,20 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+#: options of a tiny, fast `invdiff train` run (16x16, two levels, CPU)
+TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
+              "--checkpoint-every", "2", "--log-every", "1", "--quiet", "--device", "cpu"]
+
+
+def prior_command(command: str, prior: Path, *, measurement: Path, image: Path, train: Path, out: Path) -> list:
+    """The argument list of every command that loads PRIOR (``reconstruct``, ``sample``,
+    ``likelihood``, ``info``, ``train_init``), writing any output under ``out``."""
+    return {
+        "reconstruct": ["reconstruct", measurement, "--prior", prior, "--solver", "dds", "--steps", "2", "--out", out / "r.h5", "-q", "--device", "cpu"],
+        "sample": ["sample", "--prior", prior, "-n", "1", "--steps", "2", "--out", out / "s.h5", "-q", "--device", "cpu"],
+        "likelihood": ["likelihood", image, "--prior", prior, "-q", "--device", "cpu"],
+        "info": ["info", prior],
+        "train_init": ["train", train, "--init", prior, "--out", out / "t", *TRAIN_TINY, "--steps", "1"],
+    }[command]

@@ -22,11 +22,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from helpers_cli import brain32, ct_slice, expect_bad, invdiff, rehash, tiny_prior
+from helpers_cli import TRAIN_TINY, brain32, ct_slice, expect_bad, invdiff, prior_command, rehash, tiny_prior
 from invdiff.prior.store import CONFIG_NAME, EMA_NAME
 
-TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
-              "--checkpoint-every", "2", "--log-every", "1", "--quiet", "--device", "cpu"]
 
 
 
@@ -365,13 +363,8 @@ def test_bad_prior(world, tmp_path, capsys, case, command):
         culprit, fragment = prior, "config.json"
     if command == "train_init" and case == "missing_config":
         culprit = prior
-    args = {
-        "reconstruct": ["reconstruct", world / "radon.h5", "--prior", prior, "--solver", "dds", "--steps", "2", "--out", tmp_path / "r.h5", "-q", "--device", "cpu"],
-        "sample": ["sample", "--prior", prior, "-n", "1", "--steps", "2", "--out", tmp_path / "s.h5", "-q", "--device", "cpu"],
-        "likelihood": ["likelihood", world / "img.npy", "--prior", prior, "-q", "--device", "cpu"],
-        "info": ["info", prior],
-        "train_init": ["train", world / "train.npy", "--init", prior, "--out", tmp_path / "t", *TRAIN_TINY, "--steps", "1"],
-    }[command]
+    args = prior_command(command, prior, measurement=world / "radon.h5", image=world / "img.npy",
+                         train=world / "train.npy", out=tmp_path)
     expect_bad(tmp_path, capsys, args, culprit, fragment)
 
 

@@ -15,9 +15,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 
+from helpers_cli import ct_slice
 from invdiff.errors import InputError
 from invdiff.io import dicom
 from invdiff.io.dicom import MU_WATER_PER_MM, hu_to_mu, mu_to_hu, write_dicom_series
@@ -36,41 +36,11 @@ def make_ct_slice(
     modality: str = "CT",
     transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Path:
-    """A minimal CT slice written with pydicom alone (independent of invdiff's writer)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "P-042"
-    ds.PatientSex = "F"
-    ds.StudyInstanceUID = "1.2.3"
-    ds.SeriesInstanceUID = series_uid
-    ds.FrameOfReferenceUID = "1.2.3.9"
-    ds.InstanceNumber = instance
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-10.0, -10.0, z]
-    ds.PixelSpacing = [0.5, 0.75]
-    ds.SliceThickness = 2.5
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if transfer_syntax == ExplicitVRLittleEndian:
-        ds.PixelData = stored.astype("<u2").tobytes()
-    else:  # junk "compressed" fragments: only the transfer syntax matters for the test
-        from pydicom.encaps import encapsulate
-
-        ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64)])
-        ds["PixelData"].VR = "OB"
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A minimal CT slice written with pydicom alone (independent of invdiff's writer), with
+    anisotropic 0.5 x 0.75 mm pixels, 2.5 mm slices and a non-zero origin."""
+    return ct_slice(path, stored, z=z, instance=instance, series_uid=series_uid, slope=slope, intercept=intercept,
+                    modality=modality, transfer_syntax=transfer_syntax, spacing=(0.5, 0.75), thickness=2.5,
+                    corner=(-10.0, -10.0), patient_sex="F")
 
 
 def stored_slice(rng: np.random.Generator, shape=(16, 12)) -> np.ndarray:

@@ -29,13 +29,11 @@ import pydicom
 import pytest
 import torch
 
-from helpers_cli import REPO, brain32, invdiff, tiny_prior
+from helpers_cli import REPO, TRAIN_TINY, brain32, invdiff, tiny_prior
 from invdiff.io.hdf5 import read_result
 from invdiff.prior.store import EMA_NAME, RAW_NAME, load_prior, load_weights, save_prior
 from invdiff.prior.train import CHECKPOINT, read_checkpoint
 
-TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
-              "--checkpoint-every", "2", "--log-every", "1", "--quiet", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 

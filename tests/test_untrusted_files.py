@@ -21,11 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_cli import REPO, brain32, expect_bad, invdiff, tiny_prior
+from helpers_cli import REPO, TRAIN_TINY, brain32, expect_bad, invdiff, prior_command, tiny_prior
 from invdiff.prior.store import EMA_NAME, RAW_NAME
 
-TRAIN_TINY = ["--image-size", "16", "--channels-base", "8", "--channel-mults", "1,2", "--batch-size", "4",
-              "--checkpoint-every", "2", "--log-every", "1", "--quiet", "--device", "cpu"]
 
 
 class Exploit:
@@ -82,13 +80,8 @@ def test_planted_weights_are_refused(base, tmp_path, capsys, kind, command):
     shutil.copytree(base / "prior", prior)
     (prior / EMA_NAME).write_bytes(payloads(marker)[kind])
     (prior / RAW_NAME).write_bytes(payloads(marker)[kind])
-    args = {
-        "reconstruct": ["reconstruct", base / "ct.h5", "--prior", prior, "--solver", "dds", "--steps", "2", "--out", tmp_path / "r.h5", "-q", "--device", "cpu"],
-        "sample": ["sample", "--prior", prior, "-n", "1", "--steps", "2", "--out", tmp_path / "s.h5", "-q", "--device", "cpu"],
-        "likelihood": ["likelihood", base / "img.npy", "--prior", prior, "-q", "--device", "cpu"],
-        "info": ["info", prior],
-        "train_init": ["train", base / "train.npy", "--init", prior, "--out", tmp_path / "t", *TRAIN_TINY, "--steps", "1"],
-    }[command]
+    args = prior_command(command, prior, measurement=base / "ct.h5", image=base / "img.npy",
+                         train=base / "train.npy", out=tmp_path)
     expect_bad(tmp_path, capsys, args, prior / EMA_NAME, "not a valid safetensors")
     assert not marker.exists()
 
