@@ -212,14 +212,13 @@ def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[s
             values[key] = _parse_value(solver.name, key, raw, hints[key])
     opts = solver.options_type(**values)
     if isinstance(opts, CommonOptions):
+        from invdiff.classical.methods import get_method
         from invdiff.solvers.averaging import check_weight
 
         check_weight(opts.classical_weight)
         for field in ("init", "classical_method"):
             method = getattr(opts, field)
             if method != "direct":
-                from invdiff.classical.methods import get_method
-
                 try:
                     get_method(method)
                 except InputError as err:
