@@ -169,3 +169,5 @@ def test_info_solvers_lists_options_and_tuned_defaults(capsys):
     assert diffpir["options"]["classical_weight"] == 0.0 and diffpir["options"]["data_weight"] == "1"
     assert diffpir["tuned_defaults"]["radon"] == get_solver("diffpir").defaults["radon"]
     assert out["solver_details"]["langevin"]["exact"] is True
+    assert diffpir["data_weight_auto"] is True and out["solver_details"]["dps"]["data_weight_auto"] is False
+    assert diffpir["options"]["adapt_iters"] == 0

@@ -82,3 +82,28 @@ def test_auto_is_refused_by_solvers_without_a_proximal_step(solver, problem):
     with pytest.raises(InputError, match="discrepancy principle"):
         run_solver_with_info(solver, op, y, tiny_prior(op.image_shape), steps=2, options={"data_weight": "auto"},
                              generator=torch.Generator().manual_seed(0))
+
+
+def test_auto_is_refused_for_a_plug_in_that_does_not_carry_it_out(problem):
+    """A plug-in solver that ignores data_weight (and never calls resolve_data_weight with its
+    name) is stopped before it runs instead of silently using weight 1."""
+    from invdiff.solvers.base import SOLVERS, CommonOptions, Solver
+
+    calls = []
+
+    def run(operator, y, denoiser, *, steps, guidance, opts, generator, callback=None):
+        calls.append(opts.data_weight)
+        return operator.direct(y)
+
+    SOLVERS.register("plain-plugin", Solver(name="plain-plugin", run=run, options_type=CommonOptions, defaults={},
+                                            description="test plug-in"))
+    try:
+        op, _, y, _ = problem
+        with pytest.raises(InputError, match=r"needs a solver with a proximal data step \(.*diffpir.*\), not plain-plugin"):
+            run_solver_with_info("plain-plugin", op, y, tiny_prior(op.image_shape), steps=1,
+                                 options={"data_weight": "auto"})
+        assert calls == []
+        run_solver_with_info("plain-plugin", op, y, tiny_prior(op.image_shape), steps=1, options={"data_weight": "2"})
+        assert calls == ["2"]
+    finally:
+        SOLVERS._extra.pop("plain-plugin", None)

@@ -70,3 +70,20 @@ def test_noise_level_changes_output():
 def test_config_round_trip():
     cfg = UNetConfig(channels=2, base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=2, attention_levels=(2,))
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("base, mults", [(48, (1, 2, 2, 2)), (40, (1, 2, 3)), (20, (1, 3)), (32, (1, 2, 2, 2))])
+def test_any_base_width_builds_with_dividing_group_counts(base, mults):
+    """GroupNorm needs groups | channels: a 48-channel base has 144-channel decoder inputs, which
+    the plain min(32, ch // 4) rule (32 groups) cannot split."""
+    from invdiff.prior.unet import _groups
+
+    net = UNet(UNetConfig(base_channels=base, channel_mults=mults))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_channels % m.num_groups == 0 and m.num_channels // m.num_groups >= 4 or m.num_channels < 4
+                         for m in norms)
+    x = torch.randn(1, 1, 16, 16)
+    assert net(x, torch.zeros(1)).shape == x.shape
+    # the counts of channel numbers the old rule handled are unchanged (shipped priors)
+    assert [_groups(c) for c in (8, 16, 32, 64, 96, 128, 192, 256)] == [2, 4, 8, 16, 24, 32, 32, 32]
+    assert _groups(144) == 24 and _groups(3) == 1

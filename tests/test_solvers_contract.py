@@ -102,7 +102,8 @@ def test_defaults_and_string_options(dense_op):
                                    generator=torch.Generator().manual_seed(0))
     assert info.steps == get_solver("dds").defaults_for("dense")["steps"]
     assert info.options == {"data_weight": "auto", "eta": 0.5, "cg_iters": 3, "sigma_start": 0.0, "sigma_end": 0.0,
-                            "init": "direct", "classical_weight": 0.0, "classical_method": "tv"}
+                            "init": "direct", "classical_weight": 0.0, "classical_method": "tv",
+                            "adapt_iters": 0, "adapt_rank": 4, "adapt_lr": 3e-4}
 
 
 def test_scaled_operator_uses_base_defaults(dense_op):
@@ -121,7 +122,7 @@ def test_scaled_operator_uses_base_defaults(dense_op):
 
 @pytest.mark.parametrize(
     "options, phrase",
-    [({"nonsense": 1}, "valid options: data_weight, sigma_start, sigma_end, init, classical_weight, classical_method, eta"), ({"eta": "abc"}, "must be a finite number"),
+    [({"nonsense": 1}, "valid options: data_weight, sigma_start, sigma_end, init, classical_weight, classical_method, adapt_iters, adapt_rank, adapt_lr, eta"), ({"eta": "abc"}, "must be a finite number"),
      ({"cg_iters": "2.5"}, "must be an integer"), ({"data_weight": "-1"}, "data_weight")],
 )
 def test_bad_options_raise_input_error(dense_op, options, phrase):

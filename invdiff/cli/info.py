@@ -80,7 +80,7 @@ def describe_file(path: Path) -> dict[str, Any]:
 
 def solver_details(name: str) -> dict[str, Any]:
     """What ``--solver NAME`` does and accepts: description, whether it samples the exact
-    posterior, what --guidance sets, every ``--option`` with its default, and the tuned
+    posterior, what --guidance sets, whether it accepts ``data_weight=auto``, every ``--option`` with its default, and the tuned
     per-operator defaults ('*' = any other operator)."""
     import dataclasses
 
@@ -91,6 +91,7 @@ def solver_details(name: str) -> dict[str, Any]:
         "description": solver.description,
         "exact": solver.exact,
         "guidance": solver.guidance_meaning,
+        "data_weight_auto": solver.auto_data_weight,
         "options": {f.name: f.default for f in dataclasses.fields(solver.options_type)},
         "tuned_defaults": solver.defaults,
     }

@@ -49,8 +49,12 @@ class UNetConfig:
 
 
 def _groups(ch: int) -> int:
-    """EDM's rule: at most 32 groups, at least 4 channels per group."""
-    return max(1, min(32, ch // 4))
+    """EDM's rule, at most 32 groups and at least 4 channels per group, lowered to the nearest
+    count that divides ``ch`` (GroupNorm needs one): 144 channels -> 24 groups, not 32."""
+    groups = max(1, min(32, ch // 4))
+    while ch % groups:
+        groups -= 1
+    return groups
 
 
 class PositionalEmbedding(nn.Module):

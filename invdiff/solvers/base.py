@@ -14,7 +14,8 @@ with y ``(B, *measurement_shape)`` on the operator's device and x ``(B, C, H, W)
 
 NFE (network function evaluations): :func:`run_solver` wraps the denoiser in a counter. One
 call of D on the whole batch counts as one evaluation (the usual convention; DPS also pays a
-backward pass per evaluation). The count reaches the caller through the callback
+backward pass per evaluation); each test-time adaptation iteration (``adapt_iters``) counts
+as one evaluation too. The count reaches the caller through the callback
 (``StepInfo.nfe``, after every step) and through :class:`SolverInfo` from
 :func:`run_solver_with_info` (the pipeline records it in the provenance).
 """
@@ -34,7 +35,7 @@ from invdiff.errors import DivergenceError, InputError
 from invdiff.operators.base import Operator, ScaledOperator
 from invdiff.prior.denoiser import Denoiser
 from invdiff.registry import Registry
-from invdiff.solvers.likelihood import discrepancy_ratio, squared_abs
+from invdiff.solvers.likelihood import discrepancy_ratio, is_auto, squared_abs
 
 SOLVERS = Registry("invdiff.solvers", "solver")
 
@@ -78,6 +79,16 @@ class CommonOptions:
     classical_method: str = "tv"
     """The classical method averaged in when ``classical_weight > 0`` ('direct' or a method
     name, as for ``init``)."""
+    adapt_iters: int = 0
+    """Test-time adaptation: > 0 fits low-rank adapters of the prior network to this
+    measurement for this many Adam iterations before sampling (invdiff/solvers/adaptation.py,
+    Barbano et al. 2023), from the ``init`` estimate; each counts as one network evaluation.
+    0: the trained prior as it is (measured in BENCHMARKS.md: it does not pay with the shipped
+    brain prior)."""
+    adapt_rank: int = 4
+    """Rank of each convolution's adapter when ``adapt_iters > 0``."""
+    adapt_lr: float = 3e-4
+    """Adam step size of the adaptation (1e-3 already damages the prior)."""
 
 
 @dataclass
@@ -109,6 +120,8 @@ class SolverInfo:
     discrepancy: list[float]
     """Per batch element ``||A x - y||^2_{1/v} / dof``: about 1 when the sample fits the data to
     the noise level (Morozov), much less when it fits the noise."""
+    adaptation_losses: list[float] = dataclasses.field(default_factory=list)
+    """The test-time adaptation's loss per iteration (empty without ``adapt_iters``)."""
 
 
 @dataclass
@@ -126,6 +139,10 @@ class Solver:
     """True when the samples follow the exact posterior as the step count grows."""
     guidance_meaning: str = ""
     """What ``--guidance`` sets for this solver (one phrase, for --help and provenance)."""
+    auto_data_weight: bool = False
+    """True when ``run`` carries out ``data_weight=auto`` itself (a proximal data step fitted to
+    the noise level); any other solver is refused that option before it runs, so a plug-in
+    that never looks at it cannot silently use weight 1."""
 
     def option_names(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self.options_type)]
@@ -216,6 +233,8 @@ def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[s
         from invdiff.solvers.averaging import check_weight
 
         check_weight(opts.classical_weight)
+        if opts.adapt_iters < 0 or opts.adapt_rank < 1 or not opts.adapt_lr > 0:
+            raise InputError(f"solver {solver.name}: adapt_iters must be >= 0, adapt_rank >= 1 and adapt_lr > 0.")
         for field in ("init", "classical_method"):
             method = getattr(opts, field)
             if method != "direct":
@@ -242,7 +261,19 @@ def resolve_settings(
     if not (math.isfinite(float(guidance)) and guidance >= 0):
         raise InputError(f"--guidance must be a finite number >= 0, got {guidance!r}.")
     preset_opts = {k: v for k, v in preset.items() if k not in ("steps", "guidance")}
-    return steps, float(guidance), parse_options(solver, options, preset_opts)
+    opts = parse_options(solver, options, preset_opts)
+    if is_auto(getattr(opts, "data_weight", "1")) and not solver.auto_data_weight:
+        able = [n for n in SOLVERS.names() if _carries_out_auto(n)]
+        raise InputError(f"option data_weight=auto (discrepancy principle) needs a solver with a proximal data step "
+                         f"({', '.join(able)}), not {solver.name}; give a number instead.")
+    return steps, float(guidance), opts
+
+
+def _carries_out_auto(name: str) -> bool:
+    try:
+        return bool(getattr(SOLVERS.get(name), "auto_data_weight", False))
+    except Exception:  # a broken plug-in is reported when it is used, not here
+        return False
 
 
 # --- running -----------------------------------------------------------------------------
@@ -279,7 +310,13 @@ def run_solver_with_info(
     solver = get_solver(name)
     operator.check_measurement(y)
     steps, guidance, opts = resolve_settings(solver, operator, steps, guidance, options)
+    start_time = time.perf_counter()
+    adaptation = None
+    if getattr(opts, "adapt_iters", 0) > 0:
+        denoiser, adaptation = adapt(denoiser, operator, y, opts, generator)
     counter = CountingDenoiser(denoiser)
+    if adaptation is not None:
+        counter.nfe = adaptation.iterations
 
     def report(info: StepInfo) -> None:
         info.nfe = counter.nfe
@@ -291,7 +328,6 @@ def run_solver_with_info(
         if callback is not None:
             callback(info)
 
-    start = time.perf_counter()
     with torch.no_grad():
         x = solver.run(
             operator, y, counter, steps=steps, guidance=guidance, opts=opts, generator=generator, callback=report
@@ -303,10 +339,24 @@ def run_solver_with_info(
         guidance=guidance,
         options=dataclasses.asdict(opts),
         nfe=counter.nfe,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start_time,
         discrepancy=[float(v) for v in discrepancy_ratio(operator, x, y).cpu()],
     )
+    if adaptation is not None:
+        info.adaptation_losses = adaptation.losses
     return x, info
+
+
+def adapt(denoiser: Denoiser, operator: Operator, y: torch.Tensor, opts: CommonOptions, generator):
+    """The prior fitted to this measurement (invdiff/solvers/adaptation.py) from the solver's
+    ``init`` estimate over its noise range; returns ``(denoiser, AdaptationInfo)``."""
+    from invdiff.solvers.adaptation import adapt_to_measurement, noise_range
+
+    x_init = initial_estimate(operator, y, opts.init)
+    return adapt_to_measurement(
+        denoiser, operator, y, x_init, iterations=opts.adapt_iters, rank=opts.adapt_rank, lr=opts.adapt_lr,
+        sigma_range=noise_range(denoiser, opts.sigma_start, opts.sigma_end), generator=generator,
+    )
 
 
 def run_solver(

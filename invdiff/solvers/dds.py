@@ -57,5 +57,6 @@ SOLVER = Solver(
     defaults={"*": {"steps": 50, "guidance": 1.0}},
     description="Decomposed diffusion sampler (Chung et al. 2024): DDIM with a few CG data steps; few NFE.",
     exact=False,
+    auto_data_weight=True,
     guidance_meaning="gamma, the ridge weight of the CG data step (0: plain early-stopped CG)",
 )

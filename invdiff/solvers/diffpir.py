@@ -77,5 +77,6 @@ SOLVER = Solver(
     },
     description="DiffPIR (Zhu et al. 2023): half-quadratic splitting with a CG data proximal step.",
     exact=False,
+    auto_data_weight=True,
     guidance_meaning="lambda, the prior-vs-data balance of the proximal step",
 )
