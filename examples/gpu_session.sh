@@ -14,9 +14,11 @@
 #   entry points declared beside them), prepares the slices, trains for TRAIN_SECONDS, then
 #   runs the benchmarks on CUDA. Results land in $OUT (at most 8 files of 16 MiB come back):
 #   the prior (config.json, weights*.safetensors, training_log.csv), samples.png and log.txt.
-# Try it on a CPU first: DEVICE=cpu TRAIN_SECONDS=30 QUICK=1 OUT=/tmp/gpu_out bash examples/gpu_session.sh
+# Try the plumbing on a CPU first (a tiny network, one slice per benchmark):
+#     DEVICE=cpu TRAIN_SECONDS=60 QUICK=1 BATCH=4 CHECKPOINT_EVERY=5 OUT=/tmp/gpu_out bash examples/gpu_session.sh
 #
-# Environment: DEVICE (cuda), TRAIN_SECONDS (300), BATCH (64), QUICK (0: full benchmarks).
+# Environment: DEVICE (cuda), TRAIN_SECONDS (300), BATCH (64), QUICK (0: full benchmarks),
+# CHECKPOINT_EVERY (250), PYTHON (python3), WHEELS (.whl: wheels for the machine's Python, 3.12 there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -54,8 +56,9 @@ step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
 step "environment"
 SITE=/tmp/site
 mkdir -p "$SITE"
-if compgen -G ".whl/*.whl" > /dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl || exit 1
+WHEELS=${WHEELS:-.whl}
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || exit 1
 fi
 # invdiff from the working tree; its operators and solvers are entry points, declared here
 # in a dist-info beside the wheels so that importlib.metadata finds them without an install
@@ -90,13 +93,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 step "data"
 $PY examples/prepare_brain.py || exit 1
 
+# the prior: 3.3 M parameters (12.6 MB per weights file: each comes back under the 16 MiB limit)
+NET=(--channels-base 40 --channel-mults 1,2,2,2 --res-blocks 2)
+[[ "$QUICK" == 1 ]] && NET=(--channels-base 8 --channel-mults 1,2 --res-blocks 1)  # plumbing try-out only
 step "train for ${TRAIN_SECONDS}s on $DEVICE"
 PRIOR=/tmp/brain128gpu
 rm -rf "$PRIOR"
 timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train .gpudata/brain/train_128.npy --out "$PRIOR" \
-    --image-size 128 --batch-size "$BATCH" --steps 1000000 --channels-base 40 --channel-mults 1,2,2,2 \
-    --res-blocks 2 --sigma-data 0.261 --augment --val-data .gpudata/brain/other_128.npy \
-    --checkpoint-every 250 --log-every 50 --device "$DEVICE" --seed 0 --quiet
+    --image-size 128 --batch-size "$BATCH" --steps 1000000 "${NET[@]}" --sigma-data 0.261 --augment --val-data .gpudata/brain/other_128.npy \
+    --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet
 echo "train exit $? (124 or 130 = stopped by the time limit, as planned)"
 [[ -f "$PRIOR/config.json" ]] || { echo "no checkpoint was written"; exit 1; }
 tail -n 5 "$PRIOR/training_log.csv"
