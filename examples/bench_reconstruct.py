@@ -19,7 +19,11 @@ photons per detector bin; image value 1 = 0.02/mm, 2 mm pixels), ``mri4x-8coil``
 invdiff, the maps given to the reconstruction), ``blur-bead`` (the measured PSF: in-focus plane
 of flowdec's bead stack, ``python examples/fetch_data.py bead``). Image sets:
 ``heldout`` = held-out slices of the training volumes, ``other`` = other subjects and
-sequences; ``samples`` = the committed data/samples files (no cache needed).
+sequences; ``samples`` = the committed data/samples files (no cache needed); ``ct`` = the
+held-out head-CT block of Cranium.inv3 (examples/prepare_ct.py) in relative attenuation divided
+by its maximum; ``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
+``--prior auto`` uses, per setting, the shipped prior ``invdiff reconstruct`` picks for its
+operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --prior, brain128.
 """
 
 from __future__ import annotations
@@ -81,6 +85,11 @@ def load_set(name: str, size: int) -> np.ndarray:
         return np.concatenate([np.load(REPO / "data/samples/brain_heldout_128.npy"), np.load(REPO / "data/samples/brain_other_128.npy")])
     from fetch_data import cache_dir
 
+    if name == "ct":
+        mu = np.load(cache_dir() / "ct" / f"heldout_{size}_mu.npy")
+        return (mu / mu.max()).astype(np.float32)
+    if name == "microscopy":
+        return np.load(cache_dir() / "microscopy" / f"heldout_{size}.npy")
     return np.load(cache_dir() / "brain" / f"{name}_{size}.npy")
 
 
@@ -103,7 +112,7 @@ def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None, samples: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="heldout", choices=["heldout", "other", "samples"])
+    parser.add_argument("--set", default="heldout", choices=["heldout", "other", "samples", "ct", "microscopy"])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--settings", default="ct30,ct60,mri4x,mri8x,blur")
     parser.add_argument("--slices", type=int, default=6)
@@ -112,24 +121,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--option", action="append", default=[], help="solver option KEY=VALUE")
-    parser.add_argument("--prior", type=Path, default=None)
+    parser.add_argument("--prior", default=None, help="prior directory, or 'auto' (the shipped prior per operator)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     images = pick(load_set(args.set, args.size), args.slices)
     device = torch.device(args.device)
-    prior = None
     from invdiff.pipeline.defaults import default_prior_for
+    from invdiff.prior.store import load_prior
 
-    if args.solvers:
-        from invdiff.prior.store import load_prior
+    loaded: dict[str, object] = {}
 
-        prior = load_prior(args.prior or default_prior_for("mri"), device=device)
+    def prior_for(op_name: str):
+        path = str(default_prior_for(op_name if args.prior == "auto" else "mri") if args.prior in (None, "auto") else args.prior)
+        if path not in loaded:
+            loaded[path] = load_prior(path, device=device)
+        return loaded[path]
+
     options = dict(o.split("=", 1) for o in args.option)
     rows = []
     print(f"# {' '.join(sys.argv)}")
-    prior_name = args.prior or default_prior_for("mri") if args.solvers else None
+    prior_name = (args.prior or default_prior_for("mri")) if args.solvers else None
     print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
           f"prior={prior_name}")
     print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | coverage 95 % pred. | NFE/sample | s/slice | peak MiB |")
@@ -151,7 +164,7 @@ def main() -> None:
             s = Settings(solver=name, steps=args.steps, samples=args.samples, options=options, seed=0)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            res = run_prior(m, s, prior, device)
+            res = run_prior(m, s, prior_for(op_name), device)
             rows.append(
                 {
                     "setting": key,

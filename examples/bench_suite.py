@@ -1,6 +1,7 @@
 """Run the whole benchmark protocol and rewrite the tables in BENCHMARKS.md.
 
-    python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_brain.py --size 256
+    python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_brain.py --size 256 \
+        && python examples/prepare_ct.py && python examples/prepare_microscopy.py
     python examples/bench_suite.py                 # everything (about 1.5 h on 2 CPU cores)
     python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min
     python examples/bench_suite.py --only classical,recon-heldout --device cuda
@@ -51,6 +52,12 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         "recon-extended": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--settings",
                                 "ct30-lowdose,mri8x-8coil" if quick else EXTENDED, "--slices", slices,
                                 "--solvers", "default", "--samples", "2" if quick else "4", *dev],
+        "recon-ct": py + [str(HERE / "bench_reconstruct.py"), "--set", "ct", "--settings",
+                          "ct30,ct30-lowdose" if quick else "ct30,ct60,ct30-lowdose,ct60-lowdose", "--slices", slices,
+                          "--solvers", "default", "--samples", "2" if quick else "4", "--prior", "auto", *dev],
+        "recon-microscopy": py + [str(HERE / "bench_reconstruct.py"), "--set", "microscopy", "--settings",
+                                  "blur" if quick else "blur,blur-bead", "--slices", slices, "--solvers", "default",
+                                  "--samples", "2" if quick else "4", "--prior", "auto", *dev],
         "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
                            "--settings", "ct30,mri8x", "--slices", "2", "--solvers", "default", "--samples", "4", *dev],
         "batch-cache": py + [str(HERE / "bench_operator_cache.py"), "--files", "2" if quick else "4"],

@@ -30,6 +30,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
         [[ -d "$cache/$name" ]] || { echo "missing $cache/$name: run python examples/fetch_data.py first" >&2; exit 2; }
         mkdir -p .gpudata/$name && cp "$cache/$name"/* .gpudata/$name/
     done
+    rm -rf .gpudata/brain  # prepared slices are made there, not carried
     mkdir -p .whl
     for pkg in pydicom nibabel PyWavelets; do
         version=$(python3 -m pip show "$pkg" | awk '/^Version/{print $2}')
@@ -77,7 +78,10 @@ for group, points in project["entry-points"].items():
 (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
 PYEOF
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export INVDIFF_CACHE="$REPO/.gpudata"
+# the prepared slices go to a cache outside the working tree (.gpudata keeps only the sources)
+export INVDIFF_CACHE=/tmp/invdiff_cache
+mkdir -p "$INVDIFF_CACHE" && cp -r .gpudata/. "$INVDIFF_CACHE/"
+DATA="$INVDIFF_CACHE/brain"
 INVDIFF="$PY -m invdiff"
 $PY - <<'PYEOF' || exit 1
 import torch, invdiff
@@ -99,8 +103,8 @@ NET=(--channels-base 40 --channel-mults 1,2,2,2 --res-blocks 2)
 step "train for ${TRAIN_SECONDS}s on $DEVICE"
 PRIOR=/tmp/brain128gpu
 rm -rf "$PRIOR"
-timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train .gpudata/brain/train_128.npy --out "$PRIOR" \
-    --image-size 128 --batch-size "$BATCH" --steps 1000000 "${NET[@]}" --sigma-data 0.261 --augment --val-data .gpudata/brain/other_128.npy \
+timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/train_128.npy" --out "$PRIOR" \
+    --image-size 128 --batch-size "$BATCH" --steps 1000000 "${NET[@]}" --sigma-data 0.261 --augment --val-data "$DATA/other_128.npy" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet
 echo "train exit $? (124 or 130 = stopped by the time limit, as planned)"
 [[ -f "$PRIOR/config.json" ]] || { echo "no checkpoint was written"; exit 1; }

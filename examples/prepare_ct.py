@@ -21,6 +21,9 @@ data. The same slices are written at 256 (native) and 128 (anti-aliased resize, 
 Writes under ``$INVDIFF_CACHE`` (default ~/.cache/invdiff):
   ct/train_256.npy, ct/heldout_256.npy, ct/train_128.npy, ct/heldout_128.npy
       float32 (N, H, W), Hounsfield units (air -1024, water 0, bone up to ~3000)
+  ct/{train,heldout}_{256,128}_mu.npy
+      the same slices as relative linear attenuation mu / mu_water = 1 + HU / 1000 (>= 0): what
+      the CT prior data/priors/ct128 is trained on
   ct/cranium.json   spacing (mm) per size, slice indices of each split, source and checksum
 """
 
@@ -73,6 +76,12 @@ def resample(slices: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out, AIR_HU, None).astype(np.float32)
 
 
+def relative_attenuation(hu: np.ndarray) -> np.ndarray:
+    """``mu / mu_water = 1 + HU / 1000``, clipped at 0 (air): the units a sinogram's
+    reconstruction has up to one factor, and so the units a CT prior is trained in."""
+    return np.clip(1.0 + hu / 1000.0, 0.0, None).astype(np.float32)
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
@@ -112,6 +121,7 @@ def main() -> None:
         for name, index in (("train", train), ("heldout", held)):
             slices = resample(volume[index], size)
             save_npy(out / f"{name}_{size}.npy", slices)
+            save_npy(out / f"{name}_{size}_mu.npy", relative_attenuation(slices))
             print(f"  ct/{name}_{size}.npy  {slices.shape}  HU [{slices.min():.0f}, {slices.max():.0f}]"
                   f"  mean {slices.mean():.0f}")
         summary["sizes"][str(size)] = {"pixel_mm": pixel_mm, "field_of_view_mm": pixel_mm * size}
