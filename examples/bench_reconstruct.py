@@ -134,7 +134,10 @@ def main() -> None:
     loaded: dict[str, object] = {}
 
     def prior_for(op_name: str):
-        path = str(default_prior_for(op_name if args.prior == "auto" else "mri") if args.prior in (None, "auto") else args.prior)
+        if args.prior == "auto":
+            path = str(default_prior_for(op_name))
+        else:
+            path = str(args.prior or default_prior_for("mri"))
         if path not in loaded:
             loaded[path] = load_prior(path, device=device)
         return loaded[path]

@@ -27,15 +27,19 @@ import torch
 
 from invdiff.errors import InputError
 from invdiff.prior.lora import adapted_copy
+from invdiff.solvers.base import repeats_one_row
 from invdiff.solvers.likelihood import discrepancy_ratio
 
 
 @dataclass
 class AdaptationInfo:
-    iterations: int
-    """Adapter updates made (one network evaluation and backward pass each)."""
     losses: list[float] = field(default_factory=list)
     """Discrepancy ratio of each iteration (the minimised loss; noisy: one sigma per iteration)."""
+
+    @property
+    def iterations(self) -> int:
+        """Adapter updates made (one network evaluation and backward pass each)."""
+        return len(self.losses)
 
 
 def noise_range(denoiser, sigma_start: float, sigma_end: float) -> tuple[float, float]:
@@ -66,12 +70,12 @@ def adapt_to_measurement(
     if not params:
         raise InputError("test-time adaptation (adapt_iters > 0) needs a trained network prior; this prior has "
                          "no convolutions to adapt.")
-    if y.shape[0] > 1 and bool((y == y[:1]).all()):
+    if repeats_one_row(y):
         y, x_init = y[:1], x_init[:1]
     x_init = x_init.detach()
     low, high = sigma_range
     optimiser = torch.optim.Adam(params, lr=lr)
-    info = AdaptationInfo(iterations=0)
+    losses = []
     with torch.enable_grad():
         for _ in range(iterations):
             u = float(torch.rand((), generator=generator))
@@ -83,8 +87,7 @@ def adapt_to_measurement(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()
-            info.iterations += 1
-            info.losses.append(float(loss.detach()))
+            losses.append(loss.detach())
     for p in params:
         p.requires_grad_(False)
-    return adapted, info
+    return adapted, AdaptationInfo([float(v) for v in torch.stack(losses).cpu()] if losses else [])

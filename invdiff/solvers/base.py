@@ -262,11 +262,17 @@ def resolve_settings(
         raise InputError(f"--guidance must be a finite number >= 0, got {guidance!r}.")
     preset_opts = {k: v for k, v in preset.items() if k not in ("steps", "guidance")}
     opts = parse_options(solver, options, preset_opts)
-    if is_auto(getattr(opts, "data_weight", "1")) and not solver.auto_data_weight:
+    if is_auto(getattr(opts, "data_weight", "1")):
+        check_auto_data_weight(solver)
+    return steps, float(guidance), opts
+
+
+def check_auto_data_weight(solver: Solver) -> None:
+    """InputError unless ``solver`` carries out ``data_weight=auto`` (``Solver.auto_data_weight``)."""
+    if not solver.auto_data_weight:
         able = [n for n in SOLVERS.names() if _carries_out_auto(n)]
         raise InputError(f"option data_weight=auto (discrepancy principle) needs a solver with a proximal data step "
                          f"({', '.join(able)}), not {solver.name}; give a number instead.")
-    return steps, float(guidance), opts
 
 
 def _carries_out_auto(name: str) -> bool:
@@ -315,8 +321,7 @@ def run_solver_with_info(
     if getattr(opts, "adapt_iters", 0) > 0:
         denoiser, adaptation = adapt(denoiser, operator, y, opts, generator)
     counter = CountingDenoiser(denoiser)
-    if adaptation is not None:
-        counter.nfe = adaptation.iterations
+    counter.nfe = adaptation.iterations if adaptation is not None else 0
 
     def report(info: StepInfo) -> None:
         info.nfe = counter.nfe
@@ -341,9 +346,8 @@ def run_solver_with_info(
         nfe=counter.nfe,
         seconds=time.perf_counter() - start_time,
         discrepancy=[float(v) for v in discrepancy_ratio(operator, x, y).cpu()],
+        adaptation_losses=adaptation.losses if adaptation is not None else [],
     )
-    if adaptation is not None:
-        info.adaptation_losses = adaptation.losses
     return x, info
 
 
@@ -417,6 +421,12 @@ def start(denoiser: Denoiser, operator: Operator, y: torch.Tensor, steps: int, o
     return x, sigmas
 
 
+def repeats_one_row(y: torch.Tensor) -> bool:
+    """True when every row of y ``(B, ...)``, B > 1, is the first one (the K posterior samples
+    of one slice): work that depends only on the measurement is then done once."""
+    return y.shape[0] > 1 and bool((y == y[:1]).all())
+
+
 #: the last iterative estimate: (operator, method, measurement, estimate); see initial_estimate
 _last_estimate: tuple[Operator, str, torch.Tensor, torch.Tensor] | None = None
 
@@ -433,7 +443,7 @@ def initial_estimate(operator: Operator, y: torch.Tensor, init: str) -> torch.Te
     with torch.no_grad():
         if init == "direct":
             return operator.direct(y)
-        repeated = y.shape[0] > 1 and bool((y == y[:1]).all())
+        repeated = repeats_one_row(y)
         one = y[:1] if repeated else y
         last = _last_estimate
         if last is not None and last[0] is operator and last[1] == init and last[2].shape == one.shape \

@@ -52,7 +52,7 @@ def _carried_noise_std(operator, y, weight, cg_iters) -> float:
 
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DDNMOptions, generator, callback=None):
     """DDNM(+) sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
-    data_weight = resolve_data_weight(opts.data_weight, operator, y, "ddnm")
+    data_weight = resolve_data_weight(opts.data_weight, operator, y)
     weight = precision(operator, y, data_weight)
     s_y = _carried_noise_std(operator, y, weight, opts.cg_iters)
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)

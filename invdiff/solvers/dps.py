@@ -36,7 +36,7 @@ class DPSOptions(CommonOptions):
 
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DPSOptions, generator, callback=None):
     """DPS sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
-    data_weight = resolve_data_weight(opts.data_weight, operator, y, "dps")
+    data_weight = resolve_data_weight(opts.data_weight, operator, y)
     weight = precision(operator, y)
     weight = weight / weight.mean()
     step = guidance * data_weight / max(operator_norm(operator), 1e-30)

@@ -117,7 +117,7 @@ def _prior_draw(denoiser, z, rho, inner_steps, inner_rho, generator):
 
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: LangevinOptions, generator, callback=None):
     """Posterior sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (module docstring)."""
-    data_weight = resolve_data_weight(opts.data_weight, operator, y, "langevin") * guidance
+    data_weight = resolve_data_weight(opts.data_weight, operator, y) * guidance
     prior_only = data_weight <= 0
     weight = precision(operator, y, max(data_weight, 1e-30))
     lipschitz = operator_norm(operator) ** 2 * float(weight.max())

@@ -26,24 +26,21 @@ def is_auto(value: str | float) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
-#: solvers whose data step is a proximal point and so can take its weight from the
-#: discrepancy principle (invdiff/solvers/cg.py, solve_discrepancy_proximal)
-AUTO_SOLVERS = ("diffpir", "dds")
-
-
 def resolve_data_weight(value: str | float, operator: Operator, y: torch.Tensor, solver: str | None = None) -> float:
     """The likelihood multiplier from the ``data_weight`` option.
 
     A number is used as given (must be > 0). ``"auto"`` (Morozov's discrepancy principle: the
     data weight of every data step is chosen so that the step's result fits y to the known
     noise level, ``||A x - y||^2_{1/v} = dof``) is carried out by the proximal data step of the
-    solvers in ``AUTO_SOLVERS``, which call this with ``solver=None`` and get the base weight 1;
-    a named other solver raises InputError.
+    solvers registered with ``auto_data_weight=True`` (invdiff/solvers/base.py, which refuses
+    it for every other solver before the run); here it gives the base weight 1, or InputError
+    when ``solver`` names a solver that does not carry it out.
     """
     if is_auto(value):
-        if solver is not None and solver not in AUTO_SOLVERS:
-            raise InputError(f"option data_weight=auto (discrepancy principle) needs a solver with a proximal data "
-                             f"step ({', '.join(AUTO_SOLVERS)}), not {solver}; give a number instead.")
+        if solver is not None:
+            from invdiff.solvers.base import check_auto_data_weight, get_solver
+
+            check_auto_data_weight(get_solver(solver))
         return 1.0
     if isinstance(value, str):
         try:

@@ -47,7 +47,7 @@ def _consistency(operator, y, weight, x, sigma, lam, cg_iters, generator):
 
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: PCOptions, generator, callback=None):
     """PC sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
-    weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y, "pc"))
+    weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     b = x.shape[0]
     for i in range(steps):
