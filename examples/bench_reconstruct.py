@@ -145,7 +145,13 @@ def main() -> None:
     options = dict(o.split("=", 1) for o in args.option)
     rows = []
     print(f"# {' '.join(sys.argv)}")
-    prior_name = (args.prior or default_prior_for("mri")) if args.solvers else None
+    if not args.solvers:
+        prior_name = None
+    elif args.prior == "auto":  # name the prior each operator of these settings gets
+        ops = dict.fromkeys(SETTINGS[key][0] for key in args.settings.split(","))
+        prior_name = "auto (" + ", ".join(f"{op}: {_short(default_prior_for(op))}" for op in ops) + ")"
+    else:
+        prior_name = _short(args.prior or default_prior_for("mri"))
     print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
           f"prior={prior_name}")
     print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | coverage 95 % pred. | NFE/sample | s/slice | peak MiB |")
@@ -181,6 +187,13 @@ def main() -> None:
             _print(rows[-1])
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))
+
+
+def _short(path) -> str:
+    """A prior path relative to the repository when it lies inside it."""
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
 
 
 def peak_mib(device: torch.device) -> float:

@@ -159,6 +159,13 @@ def fetch(name: str) -> Path:
 
 
 def main(names: list[str]) -> None:
+    if any(n in ("-h", "--help") for n in names):
+        print(__doc__)
+        return
+    unknown = [n for n in names if n not in SOURCES]
+    if unknown:
+        sys.stderr.write(f"fetch_data: unknown source {', '.join(unknown)}; choose from {', '.join(SOURCES)}.\n")
+        raise SystemExit(2)
     for name in names or list(SOURCES):
         path = fetch(name)
         print(f"{name:10s} {path}  sha256 ok")

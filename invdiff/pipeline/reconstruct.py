@@ -5,9 +5,11 @@ the "operator + prior -> solver" step for a whole stack of slices:
 
 * a classical method (``method``) runs on batches of slices;
 * a diffusion solver runs slice by slice on a batch of K = ``samples`` copies of the slice,
-  in the prior's normalised units: the physical image is ``scale * x_n``, where ``scale`` is
-  the 99.5th percentile of |direct reconstruction| over the volume (the prior was trained on
-  images divided by their 99.5th percentile); the solver sees ``operator.scaled(scale)``.
+  in units z where the physical image is ``scale * z``: for a prior normalised per slice by
+  its 99.5th percentile, ``scale`` is the 99.5th percentile of |direct reconstruction| over the
+  volume and z is the prior's own units; for a prior normalised by a fixed window, the window
+  sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
+  ``operator.scaled(scale)``.
   The result is the mean of the K samples (``reconstruction``) and their standard deviation
   (``std``, the per-pixel posterior uncertainty).
 """
@@ -25,6 +27,7 @@ from invdiff.errors import DivergenceError, InputError, naming
 from invdiff.io.hdf5 import Measurement
 from invdiff.operators.base import Operator, build_operator, to_complex
 from invdiff.pipeline.operator_cache import cached_operator
+from invdiff.pipeline.units import PriorUnits, ShiftedDenoiser, window_units
 
 
 @dataclass
@@ -216,6 +219,14 @@ def image_scale(m: Measurement, device) -> float:
     return scale
 
 
+def prior_units(prior, m: Measurement, device) -> PriorUnits:
+    """How the solver's units map to the image and to the prior (invdiff/pipeline/units.py)."""
+    norm = getattr(prior, "normalisation", None)
+    if norm is not None and norm.kind == "window":
+        return window_units(norm, m.attrs)
+    return PriorUnits(image_scale(m, device), 0.0, "99.5th percentile of |direct reconstruction| over the volume")
+
+
 def check_prior_fits(prior, op: Operator, source: str) -> None:
     channels = op.image_shape[0]
     if prior.channels != channels:
@@ -242,7 +253,9 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     source = str(m.source or "measurement")
     op_for = slice_operators(m, device)
     check_prior_fits(prior, op_for(0), source)
-    scale = image_scale(m, device)
+    units = prior_units(prior, m, device)
+    scale = units.scale
+    denoiser = ShiftedDenoiser(prior, units.shift) if units.shift != 0.0 else prior
     generator = torch.Generator().manual_seed(int(s.seed))
     means, stds, all_samples = [], [], []
     nfe_total = 0
@@ -259,7 +272,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
             s.solver,
             op_s,
             y_k,
-            prior,
+            denoiser,
             steps=s.steps,
             guidance=s.guidance,
             options=s.options,
@@ -292,6 +305,8 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         "discrepancy_mean": float(np.mean(discrepancies)) if discrepancies else None,
         "samples": s.samples,
         "image_scale": scale,
+        "image_offset": units.offset,
+        "image_units": units.description,
         "nfe_per_sample": nfe_total / max(m.data.shape[0], 1),
         "seconds": seconds,
         "seconds_per_slice": seconds / max(m.data.shape[0], 1),

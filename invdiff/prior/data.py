@@ -7,6 +7,9 @@ Normalisation (recorded in the prior's config.json; ``Prior.normalise`` applies 
 - ``percentile`` (default): per slice, x_norm = x / q, q the 99.5th percentile of |x| in that
   slice (complex data: of the magnitude), so tissue lies in [0, ~1] whatever the scanner units.
 - ``window``: a fixed window for CT, x_norm = (x - lo) / (hi - lo), e.g. lo=-1000, hi=1000 HU.
+  ``units`` records what lo and hi are in: ``HU`` when every training image was a CT DICOM in
+  Hounsfield units, else ``image`` (the files' own units), so that ``invdiff reconstruct`` can
+  map a CT measurement in linear attenuation onto the window (invdiff/pipeline/units.py).
 In both cases x_img = x_norm * scale + offset (offset = 0 for ``percentile``, lo for ``window``).
 
 Each slice is stored as ``(C, H, W)`` float32 (C = 2 holds a complex image as real/imag).
@@ -40,10 +43,13 @@ class Normalisation:
     kind: str = "percentile"
     percentile: float = 99.5
     window: tuple[float, float] | None = None  # (lo, hi) for kind == "window"
+    units: str = "image"  # what the window is in: "HU" or "image" (the files' own units)
 
     def __post_init__(self):
         if self.kind not in ("percentile", "window"):
             raise InputError(f"--normalise '{self.kind}' is not one of percentile, window.")
+        if self.units not in ("HU", "image"):
+            raise InputError(f"normalisation units '{self.units}' are not one of HU, image.")
         if self.kind == "window":
             if self.window is None or not self.window[1] > self.window[0]:
                 raise InputError("--window must give LO,HI with HI > LO for --normalise window.")
@@ -67,6 +73,7 @@ class Normalisation:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "percentile": self.percentile,
                 "window": list(self.window) if self.window is not None else None, "offset": self.offset,
+                "units": self.units,
                 "equation": "x_norm = (x - offset) / scale; scale = per-slice percentile of |x| (percentile) "
                             "or hi - lo (window)"}
 
@@ -74,7 +81,8 @@ class Normalisation:
     def from_dict(cls, d: dict) -> "Normalisation":
         window = d.get("window")
         return cls(kind=d["kind"], percentile=float(d.get("percentile", 99.5)),
-                   window=tuple(float(v) for v in window) if window is not None else None)
+                   window=tuple(float(v) for v in window) if window is not None else None,
+                   units=str(d.get("units", "image")))
 
 
 @dataclass
@@ -83,6 +91,7 @@ class SliceStack:
 
     data: np.ndarray
     source: str
+    hounsfield: bool = False  # CT DICOM in Hounsfield units
 
 
 def _read_npy_fallback(paths: list[Path]) -> list[SliceStack]:
@@ -123,7 +132,8 @@ def read_stacks(paths: list[Path], key: str | None = None, axis: int | None = No
             kwargs["key"] = key
         if axis is not None:
             kwargs["axis"] = axis
-        stacks = [SliceStack(np.asarray(s.data), str(s.source)) for s in read_image_paths([str(p) for p in paths], **kwargs)]
+        stacks = [SliceStack(np.asarray(s.data), str(s.source), bool(getattr(s, "hounsfield", False)))
+                  for s in read_image_paths([str(p) for p in paths], **kwargs)]
     else:
         stacks = _read_npy_fallback([Path(p) for p in paths])
     out = []
@@ -137,10 +147,24 @@ def read_stacks(paths: list[Path], key: str | None = None, axis: int | None = No
             raise InputError(f"{s.source}: holds {a.dtype} values, not image intensities.")
         if not np.all(np.isfinite(a)):
             raise InputError(f"{s.source}: contains NaN or Inf values.")
-        out.append(SliceStack(a, s.source))
+        out.append(SliceStack(a, s.source, s.hounsfield))
     if not out:
         raise InputError(f"{paths[0]}: no images found.")
     return out
+
+
+def window_units(stacks: list[SliceStack], norm: Normalisation) -> Normalisation:
+    """``norm`` with ``units`` set from the data: ``HU`` when every stack is a CT DICOM in
+    Hounsfield units, ``image`` when none is. A window over a mix of the two means nothing, so
+    that is an InputError naming the first file of the other kind."""
+    if norm.kind != "window":
+        return norm
+    hu = [s for s in stacks if s.hounsfield]
+    if hu and len(hu) != len(stacks):
+        other = next(s for s in stacks if not s.hounsfield)
+        raise InputError(f"{other.source}: is not a CT DICOM in Hounsfield units like {hu[0].source}; a --window "
+                         "needs all training images in the same units.")
+    return Normalisation(kind=norm.kind, percentile=norm.percentile, window=norm.window, units="HU" if hu else "image")
 
 
 def _to_channels(a: np.ndarray, channels: int, source: str) -> torch.Tensor:
