@@ -20,7 +20,7 @@ from invdiff.prior.data import Normalisation, SliceStack, window_units as traini
 @pytest.mark.parametrize("window", [(-1000.0, 1000.0), (-200.0, 300.0), (-160.0, 240.0)])
 def test_window_in_hu_maps_onto_linear_attenuation(window):
     lo, hi = window
-    units = window_units(Normalisation(kind="window", window=window, units="HU"), {"hounsfield": True})
+    units = window_units(Normalisation(kind="window", window=window, units="HU"), "radon")
     hu = np.array([-1000.0, -500.0, 0.0, 40.0, 700.0, 1500.0])
     x_n = (hu - lo) / (hi - lo)  # what the prior was trained on
     z = x_n + units.shift  # what the solver sees
@@ -29,11 +29,15 @@ def test_window_in_hu_maps_onto_linear_attenuation(window):
 
 
 def test_window_in_image_units_is_taken_as_is():
-    units = window_units(Normalisation(kind="window", window=(-1.0, 3.0)), {"hounsfield": True})
-    assert units.scale == 4.0 and units.offset == pytest.approx(-1.0)
-    # a window in HU but an image that is not a converted CT DICOM: same units assumed
-    units = window_units(Normalisation(kind="window", window=(-1000.0, 1000.0), units="HU"), {})
-    assert units.scale == 2000.0 and units.offset == pytest.approx(-1000.0)
+    for op in ("radon", "mri", "blur"):
+        units = window_units(Normalisation(kind="window", window=(-1.0, 3.0)), op)
+        assert units.scale == 4.0 and units.offset == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("op", ["mri", "blur"])
+def test_a_prior_in_hu_refuses_other_modalities(op):
+    with pytest.raises(InputError, match=f"Hounsfield units.*cannot reconstruct a {op} measurement"):
+        window_units(Normalisation(kind="window", window=(-1000.0, 1000.0), units="HU"), op)
 
 
 def test_shifted_denoiser_is_the_prior_in_shifted_units():

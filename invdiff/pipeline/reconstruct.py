@@ -223,7 +223,7 @@ def prior_units(prior, m: Measurement, device) -> PriorUnits:
     """How the solver's units map to the image and to the prior (invdiff/pipeline/units.py)."""
     norm = getattr(prior, "normalisation", None)
     if norm is not None and norm.kind == "window":
-        return window_units(norm, m.attrs)
+        return window_units(norm, str(m.operator["name"]))
     return PriorUnits(image_scale(m, device), 0.0, "99.5th percentile of |direct reconstruction| over the volume")
 
 

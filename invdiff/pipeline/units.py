@@ -7,11 +7,12 @@ own units are x_n = (x_prior - lo) / (hi - lo) for a ``window`` prior, x_n = x /
 
 * ``percentile`` prior: ``scale`` is the 99.5th percentile of |direct reconstruction| over the
   volume, the same statistic the prior was trained with, and z = x_n.
-* ``window`` prior, window (lo, hi): the image is ``x = a + b x_n``. With a window in HU and a
-  CT measurement in linear attenuation (a CT DICOM that ``invdiff simulate`` converted with
-  mu = mu_water (1 + HU / 1000), invdiff/io/dicom.py),
-  ``a = mu_water (1 + lo / 1000)`` and ``b = mu_water (hi - lo) / 1000``; otherwise the
-  measurement's image units are taken to be the prior's, ``a = lo`` and ``b = hi - lo``.
+* ``window`` prior, window (lo, hi): the image is ``x = a + b x_n``. With a window in HU, the
+  image of a CT sinogram is a linear attenuation in 1/mm (line integrals over a pixel size in
+  mm; what ``invdiff simulate`` makes of a CT DICOM with mu = mu_water (1 + HU / 1000),
+  invdiff/io/dicom.py), so ``a = mu_water (1 + lo / 1000)`` and ``b = mu_water (hi - lo) /
+  1000``; a prior in HU for any other operator is an InputError. A window in the images' own
+  units is taken as it is, ``a = lo`` and ``b = hi - lo``.
   ``scale = b`` and z = x_n + a / b, so the solver is given the prior shifted by ``c = a / b``:
   ``D_c(z, sigma) = D(z - c, sigma) + c`` (:class:`ShiftedDenoiser`). A shift changes neither
   the score's noise dependence nor the operator's linearity, which is why the offset goes to
@@ -23,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from invdiff.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,19 @@ class PriorUnits:
         return self.scale * self.shift
 
 
-def window_units(normalisation, measurement_attrs: dict) -> PriorUnits:
-    """:class:`PriorUnits` for a ``window`` prior and a measurement with these HDF5 attributes."""
+def window_units(normalisation, operator_name: str) -> PriorUnits:
+    """:class:`PriorUnits` for a ``window`` prior and a measurement of this operator."""
     from invdiff.io.dicom import MU_WATER_PER_MM
 
     lo, hi = (float(v) for v in normalisation.window)
-    if normalisation.units == "HU" and measurement_attrs.get("hounsfield"):
+    if normalisation.units == "HU":
+        if operator_name != "radon":
+            raise InputError(f"the prior was trained on CT images in Hounsfield units (window {lo:g}..{hi:g} HU) "
+                             f"and cannot reconstruct a {operator_name} measurement.")
         a = MU_WATER_PER_MM * (1.0 + lo / 1000.0)
         b = MU_WATER_PER_MM * (hi - lo) / 1000.0
         return PriorUnits(b, a / b, f"window {lo:g}..{hi:g} HU, image in mu per mm (mu_water {MU_WATER_PER_MM} /mm)")
-    return PriorUnits(hi - lo, lo / (hi - lo), f"window {lo:g}..{hi:g} {normalisation.units} units, image in the same units")
+    return PriorUnits(hi - lo, lo / (hi - lo), f"window {lo:g}..{hi:g} in the images' own units")
 
 
 class ShiftedDenoiser:
