@@ -1,4 +1,6 @@
-# Shared steps of the batch pipelines (sourced by ct.sh, mri.sh, microscopy.sh).
+# shellcheck shell=bash
+# Shared steps of the batch pipelines (sourced by ct.sh, mri.sh, microscopy.sh). Paths given
+# to the scripts are taken relative to the current folder; REPO is this checkout.
 #
 # A pipeline: one image stack -> one measurement file per slice (as a scanner or a microscope
 # delivers them) -> every classical method named in METHODS and the diffusion prior, each over
@@ -11,6 +13,7 @@
 # INVDIFF (the command, default `invdiff`; may be several words, e.g. `python -m invdiff`).
 
 set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 SLICES=${SLICES:-4}
 SAMPLES=${SAMPLES:-4}

@@ -9,7 +9,6 @@
 # to the shipped brain slices with the brain prior. VIEWS (30) and NOISE_REL (0.01) set the
 # scan; SLICES, SAMPLES, STEPS, PRIOR, DEVICE as in common.sh. WORK defaults to work/ct.
 source "$(dirname "$0")/common.sh"
-cd "$(dirname "$0")/../.."
 
 cache=${INVDIFF_CACHE:-$HOME/.cache/invdiff}
 stack=${1:-}
@@ -17,8 +16,8 @@ if [ -z "$stack" ]; then
   if [ -f "$cache/ct/heldout_128_mu.npy" ]; then
     stack=$cache/ct/heldout_128_mu.npy
   else
-    stack=data/samples/brain_heldout_128.npy
-    PRIOR=${PRIOR:-data/priors/brain128}
+    stack=$REPO/data/samples/brain_heldout_128.npy
+    PRIOR=${PRIOR:-$REPO/data/priors/brain128}
   fi
 fi
 work=${2:-work/ct}

@@ -11,7 +11,6 @@
 # READ_NOISE (1); SLICES, SAMPLES, STEPS, PRIOR, DEVICE as in common.sh. WORK defaults to
 # work/microscopy.
 source "$(dirname "$0")/common.sh"
-cd "$(dirname "$0")/../.."
 
 cache=${INVDIFF_CACHE:-$HOME/.cache/invdiff}
 stack=${1:-}
@@ -19,8 +18,8 @@ if [ -z "$stack" ]; then
   if [ -f "$cache/microscopy/heldout_128.npy" ]; then
     stack=$cache/microscopy/heldout_128.npy
   else
-    stack=data/samples/brain_heldout_128.npy
-    PRIOR=${PRIOR:-data/priors/brain128}
+    stack=$REPO/data/samples/brain_heldout_128.npy
+    PRIOR=${PRIOR:-$REPO/data/priors/brain128}
   fi
 fi
 work=${2:-work/microscopy}

@@ -9,9 +9,8 @@
 # CENTER_FRACTION (0.04), NOISE_STD (0.005), COILS (1); SLICES, SAMPLES, STEPS, PRIOR, DEVICE
 # as in common.sh. WORK defaults to work/mri.
 source "$(dirname "$0")/common.sh"
-cd "$(dirname "$0")/../.."
 
-stack=${1:-data/samples/brain_heldout_128.npy}
+stack=${1:-$REPO/data/samples/brain_heldout_128.npy}
 work=${2:-work/mri}
 coils=${COILS:-1}
 methods="zero-filled tv"
