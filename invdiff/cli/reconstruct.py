@@ -77,7 +77,8 @@ def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path
         "  invdiff reconstruct sino.h5 --method tv --weight 0.02 --out tv.h5\n\n"
         "  invdiff reconstruct file_brain_AXT2_1.h5 --method cg-sense --out cgsense.h5          (fastMRI file as it is)\n\n"
         "  invdiff reconstruct sino.npy --operator radon --views 60 --image-size 256 --method fbp --out fbp.h5\n\n"
-        "  invdiff reconstruct data/ --out-dir results/ --skip-existing                           (batch)"
+        "  invdiff reconstruct data/ --out-dir results/ --skip-existing                           (batch)\n\n"
+        "  torchrun --standalone --nproc_per_node 4 -m invdiff reconstruct data/ --out-dir results/  (files shared out)"
     )
 )
 def reconstruct(
@@ -126,6 +127,7 @@ def reconstruct(
     from invdiff.pipeline.outputs import provenance, write_outputs
     from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior
     from invdiff.pipeline.defaults import default_prior_for, default_solver_for
+    from invdiff.pipeline.ranks import RankShare
 
     if method is not None and (prior is not None or solver is not None):
         raise InputError("--method runs a classical reconstruction; it cannot be combined with --prior or --solver.")
@@ -141,8 +143,13 @@ def reconstruct(
         png_dir, dicom_root = png, dicom
     else:
         png_dir = dicom_root = None
+    share = RankShare.from_env()
+    n_inputs = len(files)  # over all ranks: one input fails the command, one of many is skipped
+    if share.world_size > 1:  # under torchrun: this process takes its share of the files
+        pairs = share.mine(list(zip(files, outputs)))
+        files, outputs = [p[0] for p in pairs], [p[1] for p in pairs]
     geometry = geometry_from_options(locals())
-    dev = resolve_device(device)
+    dev = share.device(resolve_device(device))
     settings = Settings(
         method=method, weight=weight, iterations=iterations, solver=solver, steps=steps, guidance=guidance,
         options=_parse_options(option), samples=samples, keep_samples=keep_samples, seed=seed, batch=batch_size,
@@ -195,13 +202,14 @@ def reconstruct(
             if not quiet and not json_out:
                 typer.echo(f"wrote {dst} ({m.data.shape[0]} slice(s), {result.info.get('seconds', 0):.1f} s)")
         except InputError as exc:
-            if len(files) == 1 or getattr(exc, "fatal", False):
+            if n_inputs == 1 or getattr(exc, "fatal", False):
                 raise
             failures.append({"input": str(src), "error": str(exc)})
             print(f"invdiff: error: {exc}", file=sys.stderr)
     if dry_run:
         return
     if json_out:
-        emit_json({"results": summary, "failed": failures})
+        ranks = {"rank": share.rank, "world_size": share.world_size} if share.world_size > 1 else {}
+        emit_json({"results": summary, "failed": failures, **ranks})
     if failures:
         raise InputError(f"{len(failures)} of {len(files)} input(s) failed and were skipped; the others were written.")
