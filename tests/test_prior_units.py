@@ -14,7 +14,7 @@ from invdiff.pipeline.geometry import GeometryOptions
 from invdiff.pipeline.reconstruct import Settings, run_prior
 from invdiff.pipeline.simulate import simulate as run_simulate
 from invdiff.pipeline.units import ShiftedDenoiser, window_units
-from invdiff.prior.data import Normalisation, SliceStack, window_units as training_units
+from invdiff.prior.data import Normalisation, SliceStack, units_from_data as training_units
 
 
 @pytest.mark.parametrize("window", [(-1000.0, 1000.0), (-200.0, 300.0), (-160.0, 240.0)])

@@ -98,7 +98,7 @@ def train(
 ) -> None:
     """Train a diffusion prior (U-Net + EDM preconditioning + score matching) on your images."""
     from invdiff.prior.augment import AugmentConfig
-    from invdiff.prior.data import Normalisation, build_sets, data_sigma, read_stacks, window_units
+    from invdiff.prior.data import Normalisation, build_sets, data_sigma, read_stacks, units_from_data
     from invdiff.prior.sde import default_sigma_range
     from invdiff.prior.train import TrainSettings, train as run_training
     from invdiff.prior.unet import UNetConfig
@@ -141,12 +141,12 @@ def train(
     norm = Normalisation(kind=normalise, window=_window(window))
     torch_device = resolve_device(device)
     stacks = read_stacks(list(data), key=key, axis=axis)
-    norm = window_units(stacks, norm)
+    norm = units_from_data(stacks, norm)
     train_set, val_set = build_sets(stacks, image_size, channels, fit, norm, val_fraction)
     extra_val = None
     if val_data:
         val_stacks = read_stacks(list(val_data), key=key, axis=axis)
-        if window_units(val_stacks, norm).units != norm.units:
+        if units_from_data(val_stacks, norm).units != norm.units:
             raise InputError(f"{val_stacks[0].source}: --val-data must be in the same units as the training data "
                              f"({norm.units}) for --normalise window.")
         extra_val, _ = build_sets(val_stacks, image_size, channels, fit, norm, 0.0)

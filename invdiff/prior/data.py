@@ -153,7 +153,7 @@ def read_stacks(paths: list[Path], key: str | None = None, axis: int | None = No
     return out
 
 
-def window_units(stacks: list[SliceStack], norm: Normalisation) -> Normalisation:
+def units_from_data(stacks: list[SliceStack], norm: Normalisation) -> Normalisation:
     """``norm`` with ``units`` set from the data: ``HU`` when every stack is a CT DICOM in
     Hounsfield units, ``image`` when none is. A window over a mix of the two means nothing, so
     that is an InputError naming the first file of the other kind."""
