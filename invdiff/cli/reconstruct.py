@@ -93,6 +93,7 @@ def reconstruct(
     option: Annotated[list[str], typer.Option("--option", help="Solver option KEY=VALUE (repeatable).")] = [],
     samples: Annotated[int, typer.Option("--samples", help="Posterior samples K: mean -> reconstruction, std -> std.")] = 4,
     keep_samples: Annotated[bool, typer.Option("--keep-samples", help="Also store the K samples.")] = False,
+    std_window: Annotated[int, typer.Option("--std-window", help="Pool the posterior variance over W x W pixels (odd W; 1 = per-pixel sample std). A steadier std from few samples, at the window's resolution.")] = 1,
     weight: Annotated[Optional[float], typer.Option("--weight", help="Regularisation weight of a classical method.")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Iterations of a classical method.")] = None,
     dicom: Annotated[Optional[Path], typer.Option("--dicom", help="Also write a DICOM series into this folder.")] = None,
@@ -131,6 +132,11 @@ def reconstruct(
 
     if method is not None and (prior is not None or solver is not None):
         raise InputError("--method runs a classical reconstruction; it cannot be combined with --prior or --solver.")
+    from invdiff.pipeline.pooling import check_window
+
+    check_window(std_window)
+    if method is not None and std_window != 1:
+        raise InputError("--std-window pools the posterior variance of a prior's samples; a --method has none.")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     if image_size is not None and image_size < 1:
@@ -153,6 +159,7 @@ def reconstruct(
     settings = Settings(
         method=method, weight=weight, iterations=iterations, solver=solver, steps=steps, guidance=guidance,
         options=_parse_options(option), samples=samples, keep_samples=keep_samples, seed=seed, batch=batch_size,
+        std_window=std_window,
     )
     loaded_priors: dict[str, object] = {}
     summary, failures = [], []

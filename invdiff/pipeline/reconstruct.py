@@ -27,6 +27,7 @@ from invdiff.errors import DivergenceError, InputError, naming
 from invdiff.io.hdf5 import Measurement
 from invdiff.operators.base import Operator, build_operator, to_complex
 from invdiff.pipeline.operator_cache import cached_operator
+from invdiff.pipeline.pooling import check_window, pooled_std
 from invdiff.pipeline.units import PriorUnits, ShiftedDenoiser, window_units
 
 
@@ -43,6 +44,7 @@ class Settings:
     options: dict[str, str] = field(default_factory=dict)
     samples: int = 1
     keep_samples: bool = False
+    std_window: int = 1  # pool the posterior variance over W x W pixels (invdiff/pipeline/pooling.py)
     seed: int = 0
     batch: int = 16
 
@@ -250,6 +252,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     check_data(m)
     if s.samples < 1:
         raise InputError(f"--samples must be at least 1, got {s.samples}.")
+    check_window(s.std_window)
     source = str(m.source or "measurement")
     op_for = slice_operators(m, device)
     check_prior_fits(prior, op_for(0), source)
@@ -293,7 +296,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         else:
             mean, std = posterior_moments(x[:, 0], classical, beta)
             means.append(mean.cpu().numpy().astype(np.float32))
-        stds.append(std.cpu().numpy().astype(np.float32))
+        stds.append(pooled_std(std.cpu().numpy().astype(np.float32), s.std_window))
         if s.keep_samples:
             all_samples.append(_to_image(x))
         progress(1)
@@ -304,6 +307,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         **resolved,
         "discrepancy_mean": float(np.mean(discrepancies)) if discrepancies else None,
         "samples": s.samples,
+        "std_window": s.std_window,
         "image_scale": scale,
         "image_offset": units.offset,
         "image_units": units.description,
