@@ -80,7 +80,20 @@ def geometry_for(geometry: GeometryOptions) -> GeometryOptions:
     return dataclasses.replace(geometry, psf=str(cache_dir() / "bead" / "data.tif"))
 
 
+#: how to make each cached set (examples/, after fetch_data.py)
+PREPARE = {"ct": "prepare_ct.py", "microscopy": "prepare_microscopy.py"}
+
+
 def load_set(name: str, size: int) -> np.ndarray:
+    try:
+        return _load_set(name, size)
+    except FileNotFoundError as exc:
+        script = PREPARE.get(name, "prepare_brain.py" + (f" --size {size}" if size != 128 else ""))
+        raise SystemExit(f"bench_reconstruct: {exc.filename} is missing; run python examples/fetch_data.py "
+                         f"and python examples/{script} first.") from None
+
+
+def _load_set(name: str, size: int) -> np.ndarray:
     if name == "samples":
         return np.concatenate([np.load(REPO / "data/samples/brain_heldout_128.npy"), np.load(REPO / "data/samples/brain_other_128.npy")])
     from fetch_data import cache_dir

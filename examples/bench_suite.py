@@ -59,7 +59,8 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
                                   "blur" if quick else "blur,blur-bead", "--slices", slices, "--solvers", "default",
                                   "--samples", "2" if quick else "4", "--prior", "auto", *dev],
         "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
-                           "--settings", "ct30,mri8x", "--slices", "2", "--solvers", "default", "--samples", "4", *dev],
+                           "--settings", "ct30,mri8x", "--slices", "1" if quick else "2", "--solvers", "default",
+                           "--samples", "2" if quick else "4", *dev],
         "batch-cache": py + [str(HERE / "bench_operator_cache.py"), "--files", "2" if quick else "4"],
         "batch-memory": py + [str(HERE / "bench_batch_memory.py"), "--files", "100" if quick else "500"],
     }
