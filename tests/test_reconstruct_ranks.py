@@ -15,7 +15,7 @@ import pytest
 from invdiff.cli import app
 from invdiff.cli.common import run_app
 from invdiff.errors import InputError
-from invdiff.pipeline.ranks import RankShare
+from invdiff.prior.distributed import DistInfo
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_ranks_deal_every_file_exactly_once(world):
     files = [f"f{i}" for i in range(7)]
-    shares = [RankShare(r, world, r).mine(files) for r in range(world)]
+    shares = [DistInfo(r, world, r).deal(files) for r in range(world)]
     assert sorted(sum(shares, [])) == sorted(files)
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
@@ -35,7 +35,7 @@ def test_bad_torchrun_environment_is_one_sentence(env, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(InputError):
-        RankShare.from_env()
+        DistInfo.from_env()
 
 
 def test_torchrun_shares_files_and_matches_one_process(tmp_path):

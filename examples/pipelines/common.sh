@@ -23,6 +23,20 @@ DEVICE=${DEVICE:-auto}
 INVDIFF=${INVDIFF:-invdiff}
 PYTHON=${PYTHON:-python3}
 
+# default_stack GIVEN CACHED.npy: sets STACK to GIVEN when it is not empty, else to CACHED when
+# the data cache holds it (with the prior invdiff picks), else to the shipped brain slices
+# with the brain prior.
+default_stack() {
+  STACK=$1
+  [ -n "$STACK" ] && return
+  if [ -f "$2" ]; then
+    STACK=$2
+  else
+    STACK=$REPO/data/samples/brain_heldout_128.npy
+    PRIOR=${PRIOR:-$REPO/data/priors/brain128}
+  fi
+}
+
 # split_stack STACK.npy OUTDIR: OUTDIR/slice_NNN.npy for SLICES slices spread over the stack.
 split_stack() {
   "$PYTHON" - "$1" "$2" "$SLICES" <<'PY'

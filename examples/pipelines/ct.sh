@@ -10,16 +10,7 @@
 # scan; SLICES, SAMPLES, STEPS, PRIOR, DEVICE as in common.sh. WORK defaults to work/ct.
 source "$(dirname "$0")/common.sh"
 
-cache=${INVDIFF_CACHE:-$HOME/.cache/invdiff}
-stack=${1:-}
-if [ -z "$stack" ]; then
-  if [ -f "$cache/ct/heldout_128_mu.npy" ]; then
-    stack=$cache/ct/heldout_128_mu.npy
-  else
-    stack=$REPO/data/samples/brain_heldout_128.npy
-    PRIOR=${PRIOR:-$REPO/data/priors/brain128}
-  fi
-fi
+default_stack "${1:-}" "${INVDIFF_CACHE:-$HOME/.cache/invdiff}/ct/heldout_128_mu.npy"
 work=${2:-work/ct}
-split_stack "$stack" "$work/images"
+split_stack "$STACK" "$work/images"
 run_pipeline "$work" "fbp tv" --operator radon --views "${VIEWS:-30}" --noise-rel "${NOISE_REL:-0.01}"

@@ -12,17 +12,8 @@
 # work/microscopy.
 source "$(dirname "$0")/common.sh"
 
-cache=${INVDIFF_CACHE:-$HOME/.cache/invdiff}
-stack=${1:-}
-if [ -z "$stack" ]; then
-  if [ -f "$cache/microscopy/heldout_128.npy" ]; then
-    stack=$cache/microscopy/heldout_128.npy
-  else
-    stack=$REPO/data/samples/brain_heldout_128.npy
-    PRIOR=${PRIOR:-$REPO/data/priors/brain128}
-  fi
-fi
+default_stack "${1:-}" "${INVDIFF_CACHE:-$HOME/.cache/invdiff}/microscopy/heldout_128.npy"
 work=${2:-work/microscopy}
-split_stack "$stack" "$work/images"
+split_stack "$STACK" "$work/images"
 run_pipeline "$work" "wiener richardson-lucy tv" --operator blur --psf "${PSF:-gaussian:2}" \
   --photons "${PHOTONS:-200}" --read-noise "${READ_NOISE:-1}"

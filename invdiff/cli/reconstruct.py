@@ -128,7 +128,7 @@ def reconstruct(
     from invdiff.pipeline.outputs import provenance, write_outputs
     from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior
     from invdiff.pipeline.defaults import default_prior_for, default_solver_for
-    from invdiff.pipeline.ranks import RankShare
+    from invdiff.prior.distributed import DistInfo
 
     if method is not None and (prior is not None or solver is not None):
         raise InputError("--method runs a classical reconstruction; it cannot be combined with --prior or --solver.")
@@ -149,10 +149,10 @@ def reconstruct(
         png_dir, dicom_root = png, dicom
     else:
         png_dir = dicom_root = None
-    share = RankShare.from_env()
+    share = DistInfo.from_env()
     n_inputs = len(files)  # over all ranks: one input fails the command, one of many is skipped
-    if share.world_size > 1:  # under torchrun: this process takes its share of the files
-        pairs = share.mine(list(zip(files, outputs)))
+    if share.enabled:  # under torchrun: this process takes its share of the files
+        pairs = share.deal(list(zip(files, outputs)))
         files, outputs = [p[0] for p in pairs], [p[1] for p in pairs]
     geometry = geometry_from_options(locals())
     dev = share.device(resolve_device(device))
@@ -216,7 +216,7 @@ def reconstruct(
     if dry_run:
         return
     if json_out:
-        ranks = {"rank": share.rank, "world_size": share.world_size} if share.world_size > 1 else {}
+        ranks = {"rank": share.rank, "world_size": share.world_size} if share.enabled else {}
         emit_json({"results": summary, "failed": failures, **ranks})
     if failures:
         raise InputError(f"{len(failures)} of {len(files)} input(s) failed and were skipped; the others were written.")

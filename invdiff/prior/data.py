@@ -24,7 +24,7 @@ validation files (other subjects) reported on their own.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +164,7 @@ def units_from_data(stacks: list[SliceStack], norm: Normalisation) -> Normalisat
         other = next(s for s in stacks if not s.hounsfield)
         raise InputError(f"{other.source}: is not a CT DICOM in Hounsfield units like {hu[0].source}; a --window "
                          "needs all training images in the same units.")
-    return Normalisation(kind=norm.kind, percentile=norm.percentile, window=norm.window, units="HU" if hu else "image")
+    return replace(norm, units="HU" if hu else "image")
 
 
 def _to_channels(a: np.ndarray, channels: int, source: str) -> torch.Tensor:

@@ -5,6 +5,10 @@ group (NCCL on CUDA, Gloo on the CPU), each rank takes an equal shard of every g
 and gradients are averaged across ranks, so N processes follow the same trajectory as one
 process with the same global batch. Only rank 0 writes files.
 
+``invdiff reconstruct`` under torchrun needs no process group: :meth:`DistInfo.deal` gives
+each rank every N-th input file (round-robin, so each file is reconstructed once and, its seed
+being the command's ``--seed``, exactly as one process would), on the GPU of its LOCAL_RANK.
+
 Gradient averaging uses ``DistributedDataParallel`` (Li et al. 2020); the energy
 parametrisation differentiates the network inside its forward pass (double backward), which
 DDP's reducer does not support, so there gradients are averaged by one explicit all-reduce
@@ -15,12 +19,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from invdiff.errors import InputError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,20 +49,42 @@ class DistInfo:
         per = batch_size // self.world_size
         return slice(self.rank * per, (self.rank + 1) * per)
 
+    def deal(self, items: Sequence[T]) -> list[T]:
+        """The items this rank handles: every ``world_size``-th, starting at ``rank``."""
+        return list(items[self.rank :: self.world_size])
+
+    def device(self, device: torch.device) -> torch.device:
+        """``cuda`` becomes this process's GPU (``cuda:LOCAL_RANK``) when torchrun started several."""
+        if self.enabled and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
+        return device
+
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them (rank 0 of 1 without them)."""
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local = int(os.environ.get("LOCAL_RANK", str(rank)))
+        except ValueError:
+            raise InputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them).") from None
+        if world < 1 or not 0 <= rank < world or local < 0:
+            raise InputError(f"RANK {rank} and WORLD_SIZE {world} do not describe a torchrun process.")
+        return cls(rank, world, local)
+
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group if WORLD_SIZE > 1; returns (info, this rank's device)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), device
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    info = DistInfo.from_env()
+    if not info.enabled:
+        return info, device
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return DistInfo(rank, world, local_rank), device
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=info.rank,
+                                world_size=info.world_size)
+    return info, device
 
 
 def check_batch(batch_size: int, info: DistInfo) -> None:
