@@ -129,3 +129,22 @@ def test_ct_dicom_window_prior_end_to_end(tmp_path):
     assert "mu per mm" in prov["image_units"]
     # inside the disc the image is water-like (mu near 0.019/mm), not HU and not percentile units
     assert 0.5 * MU_WATER_PER_MM < float(np.median(rec[:, disc > 0])) < 1.6 * MU_WATER_PER_MM
+
+
+@pytest.mark.parametrize("percentile", [90.0, 99.5])
+def test_percentile_prior_sets_the_scale_by_its_own_percentile(percentile):
+    """A prior trained with ``--percentile P`` is applied in units of the P-th percentile of
+    |direct reconstruction| (the statistic it was trained with), not a fixed 99.5."""
+    from invdiff.pipeline.reconstruct import prior_units, slice_operators
+
+    ramp = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(1, 32, 32)
+    m = run_simulate(ramp, "blur", GeometryOptions(psf="gaussian:0.5"), noise_std=0.01, seed=0)
+    op = slice_operators(m, "cpu")(0)
+    direct = np.abs(op.direct(torch.as_tensor(m.data[:1], dtype=op.dtype)).numpy()).ravel()
+
+    class PercentilePrior:
+        normalisation = Normalisation(kind="percentile", percentile=percentile)
+
+    units = prior_units(PercentilePrior(), m, "cpu")
+    assert units.scale == pytest.approx(float(np.quantile(direct.astype(np.float64), percentile / 100)), rel=1e-4)
+    assert f"{percentile:g}th percentile" in units.description

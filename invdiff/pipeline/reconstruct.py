@@ -6,8 +6,8 @@ the "operator + prior -> solver" step for a whole stack of slices:
 * a classical method (``method``) runs on batches of slices;
 * a diffusion solver runs slice by slice on a batch of K = ``samples`` copies of the slice,
   in units z where the physical image is ``scale * z``: for a prior normalised per slice by
-  its 99.5th percentile, ``scale`` is the 99.5th percentile of |direct reconstruction| over the
-  volume and z is the prior's own units; for a prior normalised by a fixed window, the window
+  a percentile of |x| (99.5 by default), ``scale`` is that percentile of |direct
+  reconstruction| over the volume and z is the prior's own units; for a prior normalised by a fixed window, the window
   sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
   ``operator.scaled(scale)``.
   The result is the mean of the K samples (``reconstruction``) and their standard deviation
@@ -206,8 +206,13 @@ def run_classical(m: Measurement, s: Settings, device, progress=lambda n=1: None
     return Result(rec, None, None, info)
 
 
-def image_scale(m: Measurement, device) -> float:
-    """The 99.5th percentile of |direct reconstruction| over the volume (see module doc)."""
+def image_scale(m: Measurement, device, percentile: float = 99.5) -> float:
+    """The ``percentile``-th percentile of |direct reconstruction| over the volume (module doc).
+
+    ``percentile`` is the one the prior was normalised by (``normalisation.percentile`` in its
+    config.json, 99.5 unless ``invdiff train --percentile`` said otherwise), so that the solver's
+    units z match the prior's.
+    """
     op_for = slice_operators(m, device)
     values = []
     for i in range(m.data.shape[0]):
@@ -215,7 +220,7 @@ def image_scale(m: Measurement, device) -> float:
         with torch.no_grad():
             x = op.direct(_tensor(m.data[i : i + 1], device, op.dtype))
         values.append(torch.linalg.vector_norm(x, dim=1).flatten().cpu())
-    scale = float(torch.quantile(torch.cat(values).double(), 0.995))
+    scale = float(torch.quantile(torch.cat(values).double(), percentile / 100.0))
     if not scale > 0:
         raise InputError(f"{m.source or 'measurement'}: the direct reconstruction is all zero; cannot set the image scale.")
     return scale
@@ -226,7 +231,9 @@ def prior_units(prior, m: Measurement, device) -> PriorUnits:
     norm = getattr(prior, "normalisation", None)
     if norm is not None and norm.kind == "window":
         return window_units(norm, str(m.operator["name"]))
-    return PriorUnits(image_scale(m, device), 0.0, "99.5th percentile of |direct reconstruction| over the volume")
+    percentile = float(norm.percentile) if norm is not None else 99.5
+    return PriorUnits(image_scale(m, device, percentile), 0.0,
+                      f"{percentile:g}th percentile of |direct reconstruction| over the volume")
 
 
 def check_prior_fits(prior, op: Operator, source: str) -> None:

@@ -5,8 +5,9 @@ operator ``A_s z = A (scale * z)`` (invdiff/operators/base.py ``ScaledOperator``
 own units are x_n = (x_prior - lo) / (hi - lo) for a ``window`` prior, x_n = x / q for a
 ``percentile`` prior (invdiff/prior/data.py). How z relates to x_n:
 
-* ``percentile`` prior: ``scale`` is the 99.5th percentile of |direct reconstruction| over the
-  volume, the same statistic the prior was trained with, and z = x_n.
+* ``percentile`` prior: ``scale`` is the prior's percentile (``normalisation.percentile``,
+  99.5 by default) of |direct reconstruction| over the volume, the same statistic the prior
+  was trained with, and z = x_n.
 * ``window`` prior, window (lo, hi): the image is ``x = a + b x_n``. With a window in HU, the
   image of a CT sinogram is a linear attenuation in 1/mm (line integrals over a pixel size in
   mm; what ``invdiff simulate`` makes of a CT DICOM with mu = mu_water (1 + HU / 1000),
