@@ -4,7 +4,7 @@
         && python examples/prepare_ct.py && python examples/prepare_microscopy.py
     python examples/bench_suite.py                 # everything (about 1.5 h on 2 CPU cores)
     python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min
-    python examples/bench_suite.py --only classical,recon-heldout --device cuda
+    python examples/bench_suite.py --only classical,recon-heldout --device cuda   # recon-heldout-ct, -mri, -blur
 
 Every section of BENCHMARKS.md between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``
 is the verbatim table printed by one script of ``examples/`` (run as a subprocess), preceded by
@@ -27,7 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
 SOLVERS = "default,dds,ddnm"
-SETTINGS = "ct30,ct60,mri4x,mri8x,blur"
+#: the brain-slice reconstruction tables, one section per modality so that a change to one
+#: modality's defaults re-runs only its rows: (section suffix, settings, quick-mode settings)
+MODALITIES = (("ct", "ct30,ct60", "ct30"), ("mri", "mri4x,mri8x", "mri8x"), ("blur", "blur", None))
 EXTENDED = "ct30-lowdose,ct60-lowdose,mri4x-8coil,mri8x-8coil,blur-bead"
 
 
@@ -36,8 +38,14 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
     py = [sys.executable]
     dev = ["--device", device]
     slices = "2" if quick else "6"
-    recon = ["--settings", "ct30,mri8x" if quick else SETTINGS, "--slices", slices,
-             "--solvers", "default" if quick else SOLVERS, "--samples", "2" if quick else "4", *dev]
+    recon = ["--slices", slices, "--solvers", "default" if quick else SOLVERS, "--samples", "2" if quick else "4", *dev]
+    brain = {}
+    for image_set in ("heldout", "other"):
+        for suffix, settings, quick_settings in MODALITIES:
+            if quick and quick_settings is None:
+                continue
+            brain[f"recon-{image_set}-{suffix}"] = py + [str(HERE / "bench_reconstruct.py"), "--set", image_set,
+                                                         "--settings", quick_settings if quick else settings, *recon]
     return {
         "radon-speed": py + [str(HERE / "bench_radon.py"), "--sizes", "128", *([] if quick else ["256"]),
                              "--threads", "2", *([] if quick else ["1"]), "--repeats", "3" if quick else "5"],
@@ -47,8 +55,7 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         "sampling-speed": py + [str(HERE / "bench_sampling.py"), "--sizes", "64", "128", "--batch", "4",
                                 "--steps", "3" if quick else "6", *dev],
         "denoise": py + [str(HERE / "bench_denoise.py"), "--slices", "4" if quick else "8"],
-        "recon-heldout": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", *recon],
-        "recon-other": py + [str(HERE / "bench_reconstruct.py"), "--set", "other", *recon],
+        **brain,
         "recon-extended": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--settings",
                                 "ct30-lowdose,mri8x-8coil" if quick else EXTENDED, "--slices", slices,
                                 "--solvers", "default", "--samples", "2" if quick else "4", *dev],
@@ -97,17 +104,24 @@ def table_lines(output: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer slices and cases (< 10 min on 2 CPU cores)")
-    parser.add_argument("--only", default=None, help="comma-separated section names")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated section names; a name's prefix up to a dash selects the group "
+                             "(recon-heldout = recon-heldout-ct, -mri, -blur)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCHMARKS)
     args = parser.parse_args()
     todo = sections(args.quick, args.device)
     if args.only:
-        unknown = set(args.only.split(",")) - set(todo)
+        wanted = args.only.split(",")
+
+        def chosen(name: str) -> bool:
+            return any(name == w or name.startswith(w + "-") for w in wanted)
+
+        unknown = [w for w in wanted if not any(k == w or k.startswith(w + "-") for k in todo)]
         if unknown:
             parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(todo)}")
-        todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
+        todo = {k: v for k, v in todo.items() if chosen(k)}
     text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
     for name, command in todo.items():
         shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c
