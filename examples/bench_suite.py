@@ -105,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer slices and cases (< 10 min on 2 CPU cores)")
     parser.add_argument("--only", default=None,
-                        help="comma-separated section names; a name's prefix up to a dash selects the group "
+                        help="comma-separated section names; a prefix that is no section's name selects its group "
                              "(recon-heldout = recon-heldout-ct, -mri, -blur)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dry-run", action="store_true")
@@ -115,13 +115,13 @@ def main() -> None:
     if args.only:
         wanted = args.only.split(",")
 
-        def chosen(name: str) -> bool:
-            return any(name == w or name.startswith(w + "-") for w in wanted)
+        def selects(w: str, name: str) -> bool:  # an exact section name, else a group prefix
+            return name == w if w in todo else name.startswith(w + "-")
 
-        unknown = [w for w in wanted if not any(k == w or k.startswith(w + "-") for k in todo)]
+        unknown = [w for w in wanted if not any(selects(w, k) for k in todo)]
         if unknown:
             parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(todo)}")
-        todo = {k: v for k, v in todo.items() if chosen(k)}
+        todo = {k: v for k, v in todo.items() if any(selects(w, k) for w in wanted)}
     text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
     for name, command in todo.items():
         shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c

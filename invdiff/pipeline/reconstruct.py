@@ -7,8 +7,8 @@ the "operator + prior -> solver" step for a whole stack of slices:
 * a diffusion solver runs slice by slice on a batch of K = ``samples`` copies of the slice,
   in units z where the physical image is ``scale * z``: for a prior normalised per slice by
   a percentile of |x| (99.5 by default), ``scale`` is that percentile of |direct
-  reconstruction| over the volume and z is the prior's own units; for a prior normalised by a fixed window, the window
-  sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
+  reconstruction| over the volume and z is the prior's own units; for a prior normalised by
+  a fixed window, the window sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
   ``operator.scaled(scale)``.
   The result is the mean of the K samples (``reconstruction``) and their standard deviation
   (``std``, the per-pixel posterior uncertainty).
@@ -206,7 +206,7 @@ def run_classical(m: Measurement, s: Settings, device, progress=lambda n=1: None
     return Result(rec, None, None, info)
 
 
-def image_scale(m: Measurement, device, percentile: float = 99.5) -> float:
+def image_scale(m: Measurement, device, percentile: float) -> float:
     """The ``percentile``-th percentile of |direct reconstruction| over the volume (module doc).
 
     ``percentile`` is the one the prior was normalised by (``normalisation.percentile`` in its
@@ -228,12 +228,13 @@ def image_scale(m: Measurement, device, percentile: float = 99.5) -> float:
 
 def prior_units(prior, m: Measurement, device) -> PriorUnits:
     """How the solver's units map to the image and to the prior (invdiff/pipeline/units.py)."""
-    norm = getattr(prior, "normalisation", None)
-    if norm is not None and norm.kind == "window":
+    from invdiff.prior.data import Normalisation
+
+    norm = getattr(prior, "normalisation", None) or Normalisation()  # a prior without one: the training default
+    if norm.kind == "window":
         return window_units(norm, str(m.operator["name"]))
-    percentile = float(norm.percentile) if norm is not None else 99.5
-    return PriorUnits(image_scale(m, device, percentile), 0.0,
-                      f"{percentile:g}th percentile of |direct reconstruction| over the volume")
+    return PriorUnits(image_scale(m, device, norm.percentile), 0.0,
+                      f"{norm.percentile:g}th percentile of |direct reconstruction| over the volume")
 
 
 def check_prior_fits(prior, op: Operator, source: str) -> None:
