@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--settings", default="ct30,ct60,mri4x,mri8x,blur")
     parser.add_argument("--slices", type=int, default=6)
-    parser.add_argument("--methods", default=None, help="classical methods (default: per setting)")
+    parser.add_argument("--methods", default=None, help="classical methods (default: per setting; 'none': no classical rows)")
     parser.add_argument("--solvers", default="diffpir")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--samples", type=int, default=4)
@@ -173,7 +173,8 @@ def main() -> None:
         op_name, geometry, noise, methods = SETTINGS[key]
         unit = UNITS.get(key, 1.0)
         m = simulate(images * unit, op_name, geometry_for(geometry), seed=0, device="cpu", **noise)
-        for method in (args.methods.split(",") if args.methods else methods):
+        chosen = methods if not args.methods else [] if args.methods == "none" else args.methods.split(",")
+        for method in chosen:
             start = time.perf_counter()
             res = run_classical(m, Settings(method=method), device)
             sec = (time.perf_counter() - start) / len(images)

@@ -4,7 +4,8 @@
         && python examples/prepare_ct.py && python examples/prepare_microscopy.py
     python examples/bench_suite.py                 # everything (about 1.5 h on 2 CPU cores)
     python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min
-    python examples/bench_suite.py --only classical,recon-heldout --device cuda   # recon-heldout-ct, -mri, -blur
+    python examples/bench_suite.py --only classical,recon-heldout --device cuda   # recon-heldout-ct, -ct-cold, -mri, ...
+    python examples/bench_suite.py --only recon-heldout-mri,recon-other-mri   # the MRI default's rows alone
 
 Every section of BENCHMARKS.md between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``
 is the verbatim table printed by one script of ``examples/`` (run as a subprocess), preceded by
@@ -26,7 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = HERE.parent / "BENCHMARKS.md"
-SOLVERS = "default,dds,ddnm"
+#: the cold-start solvers benchmarked beside the default (their own sections, ``recon-SET-MOD-cold``,
+#: so that a change to the default or the prior re-runs the default's rows alone)
+COLD_SOLVERS = "dds,ddnm"
 #: the brain-slice reconstruction tables, one section per modality so that a change to one
 #: modality's defaults re-runs only its rows: (section suffix, settings, quick-mode settings)
 MODALITIES = (("ct", "ct30,ct60", "ct30"), ("mri", "mri4x,mri8x", "mri8x"), ("blur", "blur", None))
@@ -38,14 +41,17 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
     py = [sys.executable]
     dev = ["--device", device]
     slices = "2" if quick else "6"
-    recon = ["--slices", slices, "--solvers", "default" if quick else SOLVERS, "--samples", "2" if quick else "4", *dev]
+    recon = ["--slices", slices, "--samples", "2" if quick else "4", *dev]
     brain = {}
     for image_set in ("heldout", "other"):
         for suffix, settings, quick_settings in MODALITIES:
             if quick and quick_settings is None:
                 continue
-            brain[f"recon-{image_set}-{suffix}"] = py + [str(HERE / "bench_reconstruct.py"), "--set", image_set,
-                                                         "--settings", quick_settings if quick else settings, *recon]
+            cmd = py + [str(HERE / "bench_reconstruct.py"), "--set", image_set,
+                        "--settings", quick_settings if quick else settings, *recon]
+            brain[f"recon-{image_set}-{suffix}"] = cmd + ["--solvers", "default"]
+            if not quick:
+                brain[f"recon-{image_set}-{suffix}-cold"] = cmd + ["--solvers", COLD_SOLVERS, "--methods", "none"]
     return {
         "radon-speed": py + [str(HERE / "bench_radon.py"), "--sizes", "128", *([] if quick else ["256"]),
                              "--threads", "2", *([] if quick else ["1"]), "--repeats", "3" if quick else "5"],
@@ -106,7 +112,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer slices and cases (< 10 min on 2 CPU cores)")
     parser.add_argument("--only", default=None,
                         help="comma-separated section names; a prefix that is no section's name selects its group "
-                             "(recon-heldout = recon-heldout-ct, -mri, -blur)")
+                             "(recon-heldout = recon-heldout-ct, -ct-cold, -mri, ...)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCHMARKS)
