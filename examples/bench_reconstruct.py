@@ -173,8 +173,9 @@ def main() -> None:
         op_name, geometry, noise, methods = SETTINGS[key]
         unit = UNITS.get(key, 1.0)
         m = simulate(images * unit, op_name, geometry_for(geometry), seed=0, device="cpu", **noise)
-        chosen = methods if not args.methods else [] if args.methods == "none" else args.methods.split(",")
-        for method in chosen:
+        if args.methods:
+            methods = [] if args.methods == "none" else args.methods.split(",")
+        for method in methods:
             start = time.perf_counter()
             res = run_classical(m, Settings(method=method), device)
             sec = (time.perf_counter() - start) / len(images)
