@@ -20,7 +20,7 @@ Examples:
 
   invdiff train t1.nii.gz --axis 2 --out priors/t1 --image-size 64 --val-data other_subject.nii.gz
 
-  invdiff train ct/*.dcm --normalise window --window -1000,1000 --out priors/ct --augment
+  invdiff train ct/*.dcm --normalise window --window -1000,1000 --out priors/ct --augment --augment-option p_invert=0
 
   invdiff train kspace_images.npy --channels 2 --out priors/mri_complex        # complex MRI as real/imag
 
@@ -79,6 +79,9 @@ def train(
     energy: Annotated[bool, typer.Option("--energy/--no-energy", help="Energy parametrisation: score = -grad E (conservative).")] = False,
     sigma_data: Annotated[str, typer.Option("--sigma-data", help="Std of the normalised data, or 'auto' to measure it.")] = "auto",
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips, rotations, elastic, intensity curves, blur, noise.")] = False,
+    augment_option: Annotated[Optional[list[str]], typer.Option(
+        "--augment-option", help="KEY=VALUE override of one augmentation setting (implies --augment; repeatable), "
+        "e.g. p_invert=0.2 or p_elastic=0; the keys are those of config.json's 'augmentation'.")] = None,
     fit: Annotated[str, typer.Option("--fit", help="crop (random crops), resize (shorter side to S, then crop) or exact.")] = "crop",
     normalise: Annotated[str, typer.Option("--normalise", help="percentile (per slice, 99.5th of |x| -> 1) or window (fixed, e.g. CT HU).")] = "percentile",
     window: Annotated[Optional[str], typer.Option("--window", help="LO,HI for --normalise window, e.g. -1000,1000.")] = None,
@@ -122,6 +125,7 @@ def train(
         raise InputError(f"--attention levels must lie in 0..{len(mults) - 1}.")
     if sde not in ("edm", "ve", "vp"):
         raise InputError(f"--sde '{sde}' is not one of edm, ve, vp.")
+    augment_config = AugmentConfig.from_overrides(augment_option or []) if augment or augment_option else None
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a directory, but a file is there.")
     if out.is_dir() and (out / "checkpoint.safetensors").exists() and not resume and not dry_run:
@@ -165,7 +169,7 @@ def train(
                         attention_levels=attn, dropout=dropout),
         sde=sde, loss=loss, energy=energy, sigma_data=sd, sigma_min=sigma_min, sigma_max=sigma_max,
         batch_size=batch_size, steps=steps, lr=lr, lr_warmup=lr_warmup, ema_max_decay=ema,
-        augment=AugmentConfig() if augment else None, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+        augment=augment_config, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
     )
     if loss not in ("dsm", "ssm"):
         raise InputError(f"--loss '{loss}' is not one of dsm, ssm.")

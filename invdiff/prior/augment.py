@@ -4,7 +4,7 @@ Each transform is applied to a sample with its own probability; every parameter 
 in the prior's config.json. Order: geometry (flips, 90-degree rotations, small rotation and
 scaling, elastic deformation as in Simard et al. 2003, one bilinear ``grid_sample``, reflection
 padding) -> intensity curves (gamma, random window = contrast/brightness, contrast inversion;
-magnitude images only, C = 1) -> Gaussian blur -> down/up-sampling -> additive Gaussian noise.
+magnitude images only, C = 1; see ``invert`` for the T2/PD-like inversion) -> Gaussian blur -> down/up-sampling -> additive Gaussian noise.
 
 Random parameters are drawn for the whole global batch (``draw``) and applied to a rank's shard
 (``apply``), so data-parallel runs see the same images as one process. All on x's device.
@@ -12,6 +12,7 @@ Random parameters are drawn for the whole global batch (``draw``) and applied to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -36,6 +37,10 @@ class AugmentConfig:
     p_window: float = 0.3
     window_range: float = 0.2  # contrast in [1 - r, 1 + r], brightness in [-r/2, r/2]
     p_invert: float = 0.05
+    invert_mode: str = "object"  # "object": T2/PD-like, background stays dark (``invert``); "full": max - x
+    invert_floor: float = 0.15  # "object": intensities below this fraction of the max count as background
+    max_invert_offset: float = 0.4  # "object": how grey the brightest tissue turns, drawn in [0, m] (``invert``)
+    invert_close: int = 8  # "object": pixels over which the object mask is closed (fills ventricles, sulci)
     p_blur: float = 0.1
     max_blur_sigma: float = 1.0  # pixels
     p_resample: float = 0.1
@@ -45,15 +50,44 @@ class AugmentConfig:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if name.startswith("p_") and not 0.0 <= value <= 1.0:
+            if name == "invert_mode":
+                if value not in ("object", "full"):
+                    raise InputError(f"augmentation invert_mode must be 'object' or 'full', got '{value}'.")
+            elif not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise InputError(f"augmentation setting {name} must be a finite number, got {value!r}.")
+            elif name.startswith("p_") and not 0.0 <= value <= 1.0:
                 raise InputError(f"augmentation probability {name} must lie in [0, 1], got {value}.")
+            elif value < 0:
+                raise InputError(f"augmentation setting {name} must not be negative, got {value}.")
+        if not 0.0 < self.invert_floor < 1.0:
+            raise InputError(f"augmentation invert_floor must lie in (0, 1), got {self.invert_floor}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AugmentConfig":
-        return cls(**d)
+        """From ``to_dict``'s output. Configs written before ``invert_mode`` existed inverted the whole image."""
+        return cls(**{"invert_mode": "full", **d})
+
+    @classmethod
+    def from_overrides(cls, items: list[str]) -> "AugmentConfig":
+        """Defaults overridden by ``KEY=VALUE`` strings (``invdiff train --augment-option``)."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        values: dict = {}
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in fields:
+                raise InputError(f"--augment-option '{item}' must be KEY=VALUE with KEY one of {', '.join(fields)}.")
+            if key == "invert_mode":
+                values[key] = text.strip()
+                continue
+            try:
+                values[key] = int(text) if key in ("elastic_grid", "invert_close") else float(text)
+            except ValueError:
+                raise InputError(f"--augment-option {key}: '{text}' is not a number.") from None
+        return cls(**values)
 
 
 class Augmenter:
@@ -74,6 +108,7 @@ class Augmenter:
             "gamma": u(1), "contrast": u(1), "brightness": u(1),
             "blur": u(1), "resample": u(1), "noise_std": u(1),
             "noise": torch.randn(shape, generator=generator, device=device),
+            "invert_offset": u(1),
         }
 
     def apply(self, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -91,8 +126,11 @@ class Augmenter:
             w = on(5, c.p_window)
             v = torch.where(w.view(-1, 1, 1, 1), v * contrast.view(-1, 1, 1, 1) + bright.view(-1, 1, 1, 1), v)
             inv = on(6, c.p_invert).view(-1, 1, 1, 1)
-            top = v.flatten(1).amax(1).view(-1, 1, 1, 1)
-            x = torch.where(inv, top - v, v).to(x.dtype)
+            if c.invert_mode == "full":
+                inverted = v.flatten(1).amax(1).view(-1, 1, 1, 1) - v
+            else:
+                inverted = invert(v, c.invert_floor, c.max_invert_offset * p["invert_offset"][:, 0], c.invert_close)
+            x = torch.where(inv, inverted, v).to(x.dtype)
         x = self._blur(x, torch.where(on(7, c.p_blur), p["blur"][:, 0] * c.max_blur_sigma, torch.zeros_like(p["blur"][:, 0])))
         x = self._resample(x, on(8, c.p_resample), 1 + p["resample"][:, 0] * (c.max_resample_factor - 1))
         std = torch.where(on(9, c.p_noise), p["noise_std"][:, 0] * c.max_noise_std, torch.zeros_like(p["noise_std"][:, 0]))
@@ -149,3 +187,29 @@ class Augmenter:
             small = F.interpolate(x[i:i + 1].float(), size=(max(1, round(h / f)), max(1, round(w / f))), mode="area")
             out[i:i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).to(x.dtype)
         return out
+
+
+def invert(v: torch.Tensor, floor: float, offset: torch.Tensor, close: int) -> torch.Tensor:
+    """T2/PD-like contrast inversion of a T1-like magnitude image ``(B, 1, H, W)``, background kept dark.
+
+    With m the image maximum, t = floor m, o = offset m (``offset`` ``(B,)``, a fraction of m) and
+    w the object mask (v > t, closed morphologically over ``close`` pixels so that ventricles and
+    sulci, dark in T1, count as inside, the space beyond the image border as outside; edges
+    softened over 3 pixels):
+
+        f(v) = w (m + o - v) m / (m + o)
+
+    Background stays 0, the darkest tissue inside the object (CSF in T1) becomes the brightest (m),
+    the brightest (white matter) becomes o m / (m + o): dark for o = 0, grey for o ~ 0.4. A
+    photographic negative (``invert_mode="full"``) would instead make the background bright,
+    which no MR sequence does.
+    """
+    top = v.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    o = offset.view(-1, 1, 1, 1) * top
+    inside = (v > floor * top).float()
+    if close > 0:
+        k = 2 * close + 1
+        grown = F.max_pool2d(inside, k, stride=1, padding=close)
+        inside = -F.max_pool2d(-F.pad(grown, (close,) * 4), k, stride=1)  # outside the image is background
+    w = torch.maximum((v / (floor * top)).clamp(0.0, 1.0), F.avg_pool2d(inside, 3, stride=1, padding=1, count_include_pad=False))
+    return w * (top + o - v).clamp_min(0.0) * top / (top + o)
