@@ -3,8 +3,9 @@
 Each transform is applied to a sample with its own probability; every parameter is recorded
 in the prior's config.json. Order: geometry (flips, 90-degree rotations, small rotation and
 scaling, elastic deformation as in Simard et al. 2003, one bilinear ``grid_sample``, reflection
-padding) -> intensity curves (gamma, random window = contrast/brightness, contrast inversion;
-magnitude images only, C = 1; see ``invert`` for the T2/PD-like inversion) -> Gaussian blur -> down/up-sampling -> additive Gaussian noise.
+padding) -> intensity curves (gamma, random window = contrast/brightness, contrast inversion
+towards T2/PD-like looks, ``invert``; magnitude images only, C = 1) -> Gaussian blur ->
+down/up-sampling -> additive Gaussian noise.
 
 Random parameters are drawn for the whole global batch (``draw``) and applied to a rank's shard
 (``apply``), so data-parallel runs see the same images as one process. All on x's device.
@@ -39,7 +40,7 @@ class AugmentConfig:
     p_invert: float = 0.05
     invert_mode: str = "object"  # "object": T2/PD-like, background stays dark (``invert``); "full": max - x
     invert_floor: float = 0.15  # "object": intensities below this fraction of the max count as background
-    max_invert_offset: float = 0.4  # "object": how grey the brightest tissue turns, drawn in [0, m] (``invert``)
+    max_invert_offset: float = 0.4  # "object": offset drawn in [0, this] x max; how grey white matter turns
     invert_close: int = 8  # "object": pixels over which the object mask is closed (fills ventricles, sulci)
     p_blur: float = 0.1
     max_blur_sigma: float = 1.0  # pixels
