@@ -107,3 +107,49 @@ def test_auto_is_refused_for_a_plug_in_that_does_not_carry_it_out(problem):
         assert calls == ["2"]
     finally:
         SOLVERS._extra.pop("plain-plugin", None)
+
+
+# --- unmeasured entries: MRI k-space outside the mask ---------------------------------------
+def _mri_problem(zero_filled: bool):
+    """A 4x-undersampled single-coil MRI measurement whose unsampled k-space holds either
+    noise (as invdiff simulate writes it) or zeros (as scanner files store it)."""
+    from invdiff.operators.masks import random_line_mask
+    from invdiff.operators.mri import MRIOperator
+
+    mask = random_line_mask((16, 16), 4.0, 0.25, seed=0)
+    op = MRIOperator((1, 16, 16), mask, None, NoiseModel("gaussian", std=STD), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    truth = torch.rand(64, 1, 16, 16, generator=gen, dtype=torch.float64)
+    y = op.forward(truth)
+    y = y + STD * torch.complex(torch.randn(y.shape, generator=gen, dtype=torch.float64),
+                                torch.randn(y.shape, generator=gen, dtype=torch.float64))
+    if zero_filled:
+        y = y * op.mask
+    return op, truth, y
+
+
+def test_dof_and_target_count_only_sampled_kspace():
+    op, truth, y = _mri_problem(zero_filled=True)
+    sampled = int(op.mask.sum())
+    assert sampled < 16 * 16 / 2
+    assert measurement_dof(op) == 2 * sampled
+    from invdiff.solvers.likelihood import discrepancy_ratio, expected_misfit
+
+    assert expected_misfit(op, y) == pytest.approx(2 * sampled * STD**2)
+    # the truth fits both kinds of file to the noise level (64 draws of 2 x sampled dof: +-5 %)
+    for zero_filled in (True, False):
+        op, truth, y = _mri_problem(zero_filled)
+        assert float(discrepancy_ratio(op, truth, y).mean()) == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("solver", ["diffpir", "dps"])
+def test_what_unsampled_kspace_holds_does_not_change_the_result(solver):
+    """Zeros or noise outside the mask: the same reconstruction (data_weight=auto included)."""
+    results = []
+    for zero_filled in (True, False):
+        op, _, y = _mri_problem(zero_filled)
+        options = {"data_weight": "auto", "cg_iters": 10} if solver == "diffpir" else {}
+        x, _ = run_solver_with_info(solver, op, y[:2], tiny_prior(op.image_shape), steps=4, options=options,
+                                    generator=torch.Generator().manual_seed(0))
+        results.append(x)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-9, atol=1e-9)

@@ -2,7 +2,7 @@
 
 Adjoint by the dot-product test on fresh random inputs, JSON config round trip (arrays
 through HDF5-style splitting), batch consistency, float32/float64 agreement, device moves,
-direct reconstruction shape, and the plug-in mechanism through a real entry point.
+direct reconstruction shape, the measured entries (``sampled()``), and the plug-in mechanism through a real entry point.
 """
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ def test_shapes_and_direct(op_class):
     assert tuple(op.adjoint(y).shape) == (3, *op.image_shape)
     assert tuple(op.direct(y).shape) == (3, *op.image_shape)
     assert torch.allclose(op.normal(x), op.adjoint(op.forward(x)), rtol=1e-9, atol=1e-9)
+
+
+def test_sampled_entries(op_class):
+    """``sampled()`` is None or 0/1 weights over the measurement; A x and A^H ignore the rest."""
+    op = op_class.example(dtype=torch.float64)
+    sampled = op.sampled()
+    if sampled is None:
+        return
+    g = torch.Generator().manual_seed(5)
+    full = torch.broadcast_to(sampled, op.measurement_shape)
+    assert bool(((full == 0) | (full == 1)).all()) and 0 < float(full.sum()) < full.numel()
+    outside = 1 - sampled
+    assert float((op.forward(op.random_image(2, g)) * outside).abs().max()) == 0.0
+    assert float(op.adjoint(op.random_measurement(2, g) * outside).abs().max()) == 0.0
 
 
 def test_config_json_round_trip(op_class):

@@ -153,6 +153,15 @@ class Operator(ABC):
             x = z / value
         return float(value.sqrt())
 
+    def sampled(self) -> torch.Tensor | None:
+        """0/1 weights broadcastable to ``(B, *measurement_shape)`` that mark the entries the
+        operator measures (MRI: the k-space mask), or None when it measures every entry.
+
+        Entries outside carry no data (scanner files hold zeros there, simulated files noise):
+        the likelihood weights, the discrepancy principle and the data residual leave them out.
+        """
+        return None
+
     def check_measurement(self, y: torch.Tensor, source: str = "measurement") -> None:
         """InputError unless ``y`` has shape ``(B, *measurement_shape)`` and finite values."""
         if tuple(y.shape[1:]) != tuple(self.measurement_shape):
@@ -200,6 +209,9 @@ class ScaledOperator(Operator):
 
     def direct(self, y):
         return self.base.direct(y) / self.scale
+
+    def sampled(self):
+        return self.base.sampled()
 
     def params(self):
         return {"base": self.base.to_config(), "scale": self.scale}

@@ -102,6 +102,10 @@ class MRIOperator(Operator):
             z = z * self.coil_maps
         return self.mask * fft2c(z)
 
+    def sampled(self) -> torch.Tensor:
+        """The mask ``(H, W)``: unsampled k-space holds no data."""
+        return self.mask
+
     def _coil_images(self, y: torch.Tensor) -> torch.Tensor:
         """``F^H (M y_c)`` per coil, ``(B, coils, H, W)`` complex."""
         return ifft2c(self.mask * y.to(self.cdtype))

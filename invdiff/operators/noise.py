@@ -126,13 +126,6 @@ class NoiseModel:
         r = _squared_abs(pred - y) / self.variance(y)
         return 0.5 * r.reshape(r.shape[0], -1).sum(dim=1)
 
-    def expected_sq_residual(self, y: torch.Tensor) -> float:
-        """``E ||A x_true - y||^2`` summed over one measurement: the discrepancy-principle
-        target (Morozov). Complex data count two real degrees of freedom per element."""
-        var = self.variance(y).expand(y.shape)
-        dof = 2.0 if y.is_complex() else 1.0
-        return float(dof * var.sum() / max(y.shape[0], 1))
-
 
 def noise_from_options(
     clean: torch.Tensor,

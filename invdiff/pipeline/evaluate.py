@@ -43,6 +43,7 @@ def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float
     reconstruction that fits the data to the noise level; Morozov's discrepancy principle)."""
     from invdiff.pipeline.reconstruct import slice_operators
     from invdiff.pipeline.simulate import image_tensor
+    from invdiff.solvers.likelihood import expected_misfit, measured_residual
 
     op_for = slice_operators(m, "cpu", torch.float64)
     source = m.source or "measurement"
@@ -57,10 +58,11 @@ def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float
         x = image_tensor(reconstruction[i : i + 1], op.image_shape[0])
         y = torch.from_numpy(np.asarray(m.data[i : i + 1]))
         y = y.to(torch.complex128) if y.is_complex() else y.double()
-        r = op.forward(x) - y
+        r = measured_residual(op, x, y)  # unmeasured entries (outside an MRI mask) hold no data
         num += float((r.abs() ** 2).sum())
-        den += float((y.abs() ** 2).sum())
-        expected += op.noise.expected_sq_residual(y)
+        sampled = op.sampled()
+        den += float(((y if sampled is None else y * sampled).abs() ** 2).sum())
+        expected += expected_misfit(op, y)
     out = {"residual": float(np.sqrt(num / den)) if den > 0 else float("nan")}
     out["discrepancy_ratio"] = num / expected if expected > 1e-9 * max(num, 1e-30) else float("nan")
     return out

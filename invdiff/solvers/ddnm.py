@@ -29,7 +29,7 @@ import torch
 
 from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.cg import pseudo_inverse
-from invdiff.solvers.integrators import ancestral_sigmas, randn_like, randn_measurement_like
+from invdiff.solvers.integrators import ancestral_sigmas, measurement_noise, randn_like
 from invdiff.solvers.likelihood import precision, resolve_data_weight
 
 
@@ -46,7 +46,7 @@ def _carried_noise_std(operator, y, weight, cg_iters) -> float:
     correction carries into the image, measured through the same truncated CG pseudo-inverse
     (fixed seed, one host synchronisation per run)."""
     gen = torch.Generator(device="cpu").manual_seed(4321)
-    noise = randn_measurement_like(y, gen) / weight.sqrt()
+    noise = measurement_noise(y, weight, gen)
     return float(pseudo_inverse(operator, noise, weight, cg_iters).pow(2).mean().sqrt())
 
 

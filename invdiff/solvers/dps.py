@@ -8,9 +8,9 @@ Each step of an ancestral VE sampler is followed by a likelihood step through th
 
 with the gradient taken by autograd through D, and the paper's normalised step
 ``zeta_i = zeta' / ||y - A x0hat||`` realised by differentiating the norm itself (as in the
-authors' code). The norm is weighted by ``w = W / mean(W)`` (W = inverse noise variance), which
-is the plain Euclidean norm for white Gaussian noise and the weighted/Poisson likelihood of
-``operator.noise.nll`` otherwise. Dividing by the spectral norm ``||A||`` makes zeta free of the
+authors' code). The norm is weighted by ``w = W / mean(W)`` (W = inverse noise variance, the
+mean taken over the measured entries), which is the plain Euclidean norm for white Gaussian
+noise and the weighted/Poisson likelihood of ``operator.noise.nll`` otherwise. Dividing by the spectral norm ``||A||`` makes zeta free of the
 operator's scale. ``--guidance`` sets zeta (times ``data_weight``). DPS is not an exact
 sampler: it approximates p(y | x_t) by p(y | x0hat(x_t)).
 
@@ -38,7 +38,7 @@ def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DPSOptions,
     """DPS sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     data_weight = resolve_data_weight(opts.data_weight, operator, y)
     weight = precision(operator, y)
-    weight = weight / weight.mean()
+    weight = weight / (weight.sum() / torch.count_nonzero(weight).clamp(min=1))  # mean 1 where measured
     step = guidance * data_weight / max(operator_norm(operator), 1e-30)
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):

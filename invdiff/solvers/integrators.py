@@ -39,6 +39,13 @@ def randn_measurement_like(y: torch.Tensor, generator: torch.Generator | None) -
     return randn_like(y, generator)
 
 
+def measurement_noise(y: torch.Tensor, weight: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """A draw of e ~ N(0, W^-1) shaped like y for the precision W (broadcastable to y); zero
+    where W = 0, the entries the operator does not measure."""
+    std = torch.where(weight > 0, weight.clamp(min=1e-300).rsqrt(), torch.zeros_like(weight))
+    return randn_measurement_like(y, generator) * std
+
+
 def ancestral_sigmas(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
     """``(sigma_down, sigma_up)`` of one step from sigma to sigma_next (floats, sigma > 0)."""
     if sigma_next <= 0:

@@ -40,7 +40,7 @@ import torch
 from invdiff.sampling.schedules import karras_sigmas
 from invdiff.solvers.base import CommonOptions, Solver, report_step
 from invdiff.solvers.cg import normal_matvec, solve_data_proximal
-from invdiff.solvers.integrators import ancestral_sigmas, ddim_step, randn_like, randn_measurement_like
+from invdiff.solvers.integrators import ancestral_sigmas, ddim_step, measurement_noise, randn_like
 from invdiff.solvers.likelihood import operator_norm, precision, resolve_data_weight
 
 _SAFETY = 0.5  # c * ||A^H W A|| <= _SAFETY keeps the square-root series fast and convergent
@@ -91,7 +91,7 @@ def _data_draw(operator, y, weight, x, rho, rho_c, opts, generator):
     tau2 = rho**2 - c
     w = x
     if tau2 > 0:
-        y_pert = y + randn_measurement_like(y, generator) / weight.sqrt()
+        y_pert = y + measurement_noise(y, weight, generator)
         x_pert = x + math.sqrt(tau2) * randn_like(x, generator)
         w = solve_data_proximal(operator, y_pert, weight, x_pert, 1.0 / tau2, opts.cg_iters)
     if c <= 0:

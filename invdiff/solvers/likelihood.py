@@ -53,8 +53,11 @@ def resolve_data_weight(value: str | float, operator: Operator, y: torch.Tensor,
 
 
 def precision(operator: Operator, y: torch.Tensor, data_weight: float = 1.0) -> torch.Tensor:
-    """W = data_weight / variance(y), broadcastable to y (per real/imaginary part)."""
-    return data_weight / operator.noise.variance(y)
+    """W = data_weight / variance(y), broadcastable to y (per real/imaginary part); zero on
+    the entries the operator does not measure (``operator.sampled()``, the MRI mask)."""
+    weight = data_weight / operator.noise.variance(y)
+    sampled = operator.sampled()
+    return weight if sampled is None else weight * sampled.to(weight.dtype)
 
 
 def residual(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -78,8 +81,32 @@ def weighted_misfit(operator: Operator, x: torch.Tensor, y: torch.Tensor, weight
 
 
 def measurement_dof(operator: Operator) -> int:
-    """Real degrees of freedom of one measurement (complex elements count twice)."""
-    return math.prod(operator.measurement_shape) * (2 if operator.measurement_is_complex else 1)
+    """Real degrees of freedom of one measurement (complex elements count twice), counting only
+    the entries the operator measures (``operator.sampled()``)."""
+    per_element = 2 if operator.measurement_is_complex else 1
+    sampled = operator.sampled()
+    if sampled is None:
+        return math.prod(operator.measurement_shape) * per_element
+    return round(float(torch.broadcast_to(sampled, operator.measurement_shape).sum())) * per_element
+
+
+def expected_misfit(operator: Operator, y: torch.Tensor) -> float:
+    """``E ||A x_true - y||^2`` of one measurement over the measured entries: the
+    discrepancy-principle target (Morozov 1966) in measurement units. Complex data count two
+    real degrees of freedom per element."""
+    var = operator.noise.variance(y).expand(y.real.shape if y.is_complex() else y.shape)
+    sampled = operator.sampled()
+    if sampled is not None:
+        var = var * sampled.to(var.dtype)
+    per_element = 2.0 if y.is_complex() else 1.0
+    return float(per_element * var.sum() / max(y.shape[0], 1))
+
+
+def measured_residual(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``A x - y`` on the measured entries, zero elsewhere ``(B, *measurement_shape)``."""
+    r = residual(operator, x, y)
+    sampled = operator.sampled()
+    return r if sampled is None else r * sampled.to(r.real.dtype)
 
 
 def discrepancy_ratio(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
