@@ -6,7 +6,7 @@
 
 ``default`` is what ``invdiff reconstruct`` uses without --solver (invdiff/pipeline/defaults.py)
 with its tuned per-operator settings; a named solver runs with its own per-operator defaults
-unless --steps / --option override them. "peak MiB" is the process's peak resident memory so
+unless --steps / --guidance / --option override them. "peak MiB" is the process's peak resident memory so
 far (an upper bound for the row; CUDA: peak allocated during the row).
 
 Protocol (BENCHMARKS.md): images 128x128 in [0, 1]; PSNR and SSIM with data range 1
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--solvers", default="diffpir")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=None, help="solver guidance (default: per solver and operator)")
     parser.add_argument("--option", action="append", default=[], help="solver option KEY=VALUE")
     parser.add_argument("--prior", default=None, help="prior directory, or 'auto' (the shipped prior per operator)")
     parser.add_argument("--device", default="cpu")
@@ -185,7 +186,8 @@ def main() -> None:
         for solver in [s for s in args.solvers.split(",") if s]:
             name = default_solver_for(op_name) if solver == "default" else solver
             label = f"default = {name}" if solver == "default" else solver
-            s = Settings(solver=name, steps=args.steps, samples=args.samples, options=options, seed=0)
+            s = Settings(solver=name, steps=args.steps, guidance=args.guidance, samples=args.samples, options=options,
+                         seed=0)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             res = run_prior(m, s, prior_for(op_name), device)
