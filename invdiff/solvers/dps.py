@@ -10,9 +10,9 @@ with the gradient taken by autograd through D, and the paper's normalised step
 ``zeta_i = zeta' / ||y - A x0hat||`` realised by differentiating the norm itself (as in the
 authors' code). The norm is weighted by ``w = W / mean(W)`` (W = inverse noise variance, the
 mean taken over the measured entries), which is the plain Euclidean norm for white Gaussian
-noise and the weighted/Poisson likelihood of ``operator.noise.nll`` otherwise. Dividing by the spectral norm ``||A||`` makes zeta free of the
-operator's scale. ``--guidance`` sets zeta (times ``data_weight``). DPS is not an exact
-sampler: it approximates p(y | x_t) by p(y | x0hat(x_t)).
+noise and the weighted/Poisson likelihood of ``operator.noise.nll`` otherwise. Dividing by the
+spectral norm ``||A||`` makes zeta free of the operator's scale. ``--guidance`` sets zeta (times
+``data_weight``). DPS is not an exact sampler: it approximates p(y | x_t) by p(y | x0hat(x_t)).
 
 NFE = steps; each evaluation also back-propagates through the network.
 """
@@ -61,7 +61,7 @@ SOLVER = Solver(
     run=run,
     options_type=DPSOptions,
     # zeta per operator: the best of a sweep over 1 to 64 on one held-out brain slice at 200 steps
-    # (BENCHMARKS.md, "DPS guidance"); the paper's zeta = 1 (1000 steps) is 3 to 11 dB worse here.
+    # (BENCHMARKS.md, "DPS guidance"); the paper's zeta = 1 (1000 steps) is 2.5 to 12 dB worse here.
     defaults={
         "*": {"steps": 200, "guidance": 1.0},
         "radon": {"steps": 200, "guidance": 4.0},
