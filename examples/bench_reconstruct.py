@@ -6,8 +6,8 @@
 
 ``default`` is what ``invdiff reconstruct`` uses without --solver (invdiff/pipeline/defaults.py)
 with its tuned per-operator settings; a named solver runs with its own per-operator defaults
-unless --steps / --guidance / --option override them. "peak MiB" is the process's peak resident memory so
-far (an upper bound for the row; CUDA: peak allocated during the row).
+unless --steps / --guidance / --option override them. "peak MiB" is the process's peak
+resident memory so far (an upper bound for the row; CUDA: peak allocated during the row).
 
 Protocol (BENCHMARKS.md): images 128x128 in [0, 1]; PSNR and SSIM with data range 1
 (fastMRI-style per slice, then mean and std over slices); CT: parallel beam, N views over

@@ -34,7 +34,7 @@ COLD_SOLVERS = "dds,ddnm"
 #: modality's defaults re-runs only its rows: (section suffix, settings, quick-mode settings)
 MODALITIES = (("ct", "ct30,ct60", "ct30"), ("mri", "mri4x,mri8x", "mri8x"), ("blur", "blur", None))
 EXTENDED = "ct30-lowdose,ct60-lowdose,mri4x-8coil,mri8x-8coil,blur-bead"
-#: the remaining solvers, cold-started at their generic defaults (dps 200 NFE, pc 199, langevin 800),
+#: the remaining solvers, cold-started at their own defaults (dps 200 NFE, pc 199, langevin 800),
 #: beside TV and the default on the same 3 held-out slices, for the per-solver coverage the
 #: reconstruction issue asks for (about 25 min on 2 CPU cores)
 OTHER_SOLVERS = "default,dps,pc,langevin"

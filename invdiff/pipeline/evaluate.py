@@ -43,7 +43,7 @@ def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float
     reconstruction that fits the data to the noise level; Morozov's discrepancy principle)."""
     from invdiff.pipeline.reconstruct import slice_operators
     from invdiff.pipeline.simulate import image_tensor
-    from invdiff.solvers.likelihood import expected_misfit, measured_residual
+    from invdiff.solvers.likelihood import expected_misfit, measured_residual, on_measured
 
     op_for = slice_operators(m, "cpu", torch.float64)
     source = m.source or "measurement"
@@ -60,8 +60,7 @@ def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float
         y = y.to(torch.complex128) if y.is_complex() else y.double()
         r = measured_residual(op, x, y)  # unmeasured entries (outside an MRI mask) hold no data
         num += float((r.abs() ** 2).sum())
-        sampled = op.sampled()
-        den += float(((y if sampled is None else y * sampled).abs() ** 2).sum())
+        den += float((on_measured(op, y).abs() ** 2).sum())
         expected += expected_misfit(op, y)
     out = {"residual": float(np.sqrt(num / den)) if den > 0 else float("nan")}
     out["discrepancy_ratio"] = num / expected if expected > 1e-9 * max(num, 1e-30) else float("nan")

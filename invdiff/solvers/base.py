@@ -35,7 +35,14 @@ from invdiff.errors import DivergenceError, InputError
 from invdiff.operators.base import Operator, ScaledOperator
 from invdiff.prior.denoiser import Denoiser
 from invdiff.registry import Registry
-from invdiff.solvers.likelihood import discrepancy_ratio, expected_misfit, is_auto, squared_abs
+from invdiff.solvers.likelihood import (
+    discrepancy_ratio,
+    expected_misfit,
+    is_auto,
+    measured_residual,
+    on_measured,
+    squared_abs,
+)
 
 SOLVERS = Registry("invdiff.solvers", "solver")
 
@@ -285,8 +292,8 @@ def _carries_out_auto(name: str) -> bool:
 # --- running -----------------------------------------------------------------------------
 def check_result(solver_name: str, operator: Operator, x: torch.Tensor, y: torch.Tensor) -> None:
     """DivergenceError if x is not finite or its data residual exploded (one host sync)."""
-    res = squared_abs(operator.forward(x) - y).reshape(x.shape[0], -1).sum(1)
-    scale = squared_abs(y).reshape(y.shape[0], -1).sum(1).clamp(min=expected_misfit(operator, y))
+    res = squared_abs(measured_residual(operator, x, y)).reshape(x.shape[0], -1).sum(1)
+    scale = squared_abs(on_measured(operator, y)).reshape(y.shape[0], -1).sum(1).clamp(min=expected_misfit(operator, y))
     ratio = (res / scale.clamp(min=1e-30)).sqrt()
     bad = ~torch.isfinite(x).reshape(x.shape[0], -1).all(1) | ~(ratio <= DIVERGENCE_FACTOR)
     if bool(bad.any()):

@@ -55,9 +55,14 @@ def resolve_data_weight(value: str | float, operator: Operator, y: torch.Tensor,
 def precision(operator: Operator, y: torch.Tensor, data_weight: float = 1.0) -> torch.Tensor:
     """W = data_weight / variance(y), broadcastable to y (per real/imaginary part); zero on
     the entries the operator does not measure (``operator.sampled()``, the MRI mask)."""
-    weight = data_weight / operator.noise.variance(y)
+    return on_measured(operator, data_weight / operator.noise.variance(y))
+
+
+def on_measured(operator: Operator, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (broadcastable to a measurement) with the entries the operator does not measure
+    (outside ``operator.sampled()``, the MRI mask) set to zero; ``t`` itself when it measures all."""
     sampled = operator.sampled()
-    return weight if sampled is None else weight * sampled.to(weight.dtype)
+    return t if sampled is None else t * sampled.to(t.real.dtype)
 
 
 def residual(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,19 +99,14 @@ def expected_misfit(operator: Operator, y: torch.Tensor) -> float:
     """``E ||A x_true - y||^2`` of one measurement over the measured entries: the
     discrepancy-principle target (Morozov 1966) in measurement units. Complex data count two
     real degrees of freedom per element."""
-    var = operator.noise.variance(y).expand(y.real.shape if y.is_complex() else y.shape)
-    sampled = operator.sampled()
-    if sampled is not None:
-        var = var * sampled.to(var.dtype)
+    var = on_measured(operator, operator.noise.variance(y).expand(y.real.shape if y.is_complex() else y.shape))
     per_element = 2.0 if y.is_complex() else 1.0
     return float(per_element * var.sum() / max(y.shape[0], 1))
 
 
 def measured_residual(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``A x - y`` on the measured entries, zero elsewhere ``(B, *measurement_shape)``."""
-    r = residual(operator, x, y)
-    sampled = operator.sampled()
-    return r if sampled is None else r * sampled.to(r.real.dtype)
+    return on_measured(operator, residual(operator, x, y))
 
 
 def discrepancy_ratio(operator: Operator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
