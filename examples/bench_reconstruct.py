@@ -24,6 +24,11 @@ held-out head-CT block of Cranium.inv3 (examples/prepare_ct.py) in relative atte
 by its maximum; ``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
 ``--prior auto`` uses, per setting, the shipped prior ``invdiff reconstruct`` picks for its
 operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --prior, brain128.
+
+``--calibrate N --calibration-set heldout,other`` also fits, per solver row and calibration
+set, the std scale of ``invdiff calibrate`` (conformal risk control at ``--alpha``,
+invdiff/pipeline/calibration.py) on N slices of that set that are not among the scored ones,
+and reports the 2-std coverage of the scaled std on the scored slices.
 """
 
 from __future__ import annotations
@@ -106,9 +111,20 @@ def _load_set(name: str, size: int) -> np.ndarray:
     return np.load(cache_dir() / "brain" / f"{name}_{size}.npy")
 
 
+def pick_indices(count: int, n: int) -> np.ndarray:
+    return np.linspace(0, count - 1, min(n, count)).round().astype(int)
+
+
 def pick(images: np.ndarray, n: int) -> np.ndarray:
-    idx = np.linspace(0, len(images) - 1, min(n, len(images))).round().astype(int)
-    return images[idx]
+    return images[pick_indices(len(images), n)]
+
+
+def calibration_slices(images: np.ndarray, n: int, exclude) -> np.ndarray:
+    """``n`` slices spread over ``images`` that are not among the indices ``exclude``."""
+    rest = np.setdiff1d(np.arange(len(images)), np.asarray(exclude, dtype=int))
+    if n > len(rest):
+        raise SystemExit(f"bench_reconstruct: --calibrate {n} asks for more slices than the {len(rest)} left for calibration.")
+    return images[rest[pick_indices(len(rest), n)]]
 
 
 def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None, samples: int = 1) -> dict:
@@ -137,10 +153,18 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], help="solver option KEY=VALUE")
     parser.add_argument("--prior", default=None, help="prior directory, or 'auto' (the shipped prior per operator)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--calibrate", type=int, default=0, help="calibration slices per calibration set (0: none)")
+    parser.add_argument("--calibration-set", default=None, help="comma list of sets to calibrate on (default: --set)")
+    parser.add_argument("--alpha", type=float, default=0.1, help="target miscoverage of the calibration")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    images = pick(load_set(args.set, args.size), args.slices)
+    pool = load_set(args.set, args.size)
+    images = pick(pool, args.slices)
+    cal_sets = (args.calibration_set or args.set).split(",") if args.calibrate else []
+    cal_images = {name: calibration_slices(load_set(name, args.size), args.calibrate,
+                                           pick_indices(len(pool), args.slices) if name == args.set else [])
+                  for name in cal_sets}
     device = torch.device(args.device)
     from invdiff.pipeline.defaults import default_prior_for
     from invdiff.prior.store import load_prior
@@ -168,8 +192,12 @@ def main() -> None:
         prior_name = _short(args.prior or default_prior_for("mri"))
     print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
           f"prior={prior_name}")
-    print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | coverage 95 % pred. | NFE/sample | s/slice | peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if cal_sets:
+        print(f"# calibration: {args.calibrate} slices of {', '.join(cal_sets)} (not the scored ones), alpha={args.alpha:g}, "
+              "2 std scaled by each set's conformal scale")
+    extra = "".join(f" scale, cal. {c} | coverage 2 std, cal. {c} |" for c in cal_sets)
+    print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | coverage 95 % pred. | NFE/sample | s/slice | peak MiB |" + extra)
+    print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(cal_sets))
     for key in args.settings.split(","):
         op_name, geometry, noise, methods = SETTINGS[key]
         unit = UNITS.get(key, 1.0)
@@ -182,7 +210,7 @@ def main() -> None:
             sec = (time.perf_counter() - start) / len(images)
             rows.append({"setting": key, "method": method, "nfe": 0, "s_per_slice": sec, "peak_mib": peak_mib(device),
                          **score(images, res.reconstruction / unit, None)})
-            _print(rows[-1])
+            _print(rows[-1], cal_sets)
         for solver in [s for s in args.solvers.split(",") if s]:
             name = default_solver_for(op_name) if solver == "default" else solver
             label = f"default = {name}" if solver == "default" else solver
@@ -201,7 +229,18 @@ def main() -> None:
                     **score(images, res.reconstruction / unit, res.std / unit, args.samples),
                 }
             )
-            _print(rows[-1])
+            for c in cal_sets:  # the same pipeline on the calibration slices, then the scale on the scored ones
+                from invdiff.pipeline.calibration import calibrate
+
+                truth = cal_images[c]
+                mc = simulate(truth * unit, op_name, geometry_for(geometry), seed=1, device="cpu", **noise)
+                rc = run_prior(mc, s, prior_for(op_name), device)
+                rec_c = np.abs(rc.reconstruction) if np.iscomplexobj(rc.reconstruction) else rc.reconstruction
+                scale, _, _ = calibrate(list(zip(truth, rec_c / unit, rc.std / unit)), args.alpha)
+                rec = np.abs(res.reconstruction) if np.iscomplexobj(res.reconstruction) else res.reconstruction
+                rows[-1][f"scale_{c}"] = scale
+                rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, rec / unit, scale * res.std / unit, 2.0)
+            _print(rows[-1], cal_sets)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))
 
@@ -219,12 +258,14 @@ def peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _print(r: dict) -> None:
+def _print(r: dict, cal_sets=()) -> None:
     cov = f"{r['coverage_2std']:.1%}" if "coverage_2std" in r else "-"
     pred = f"{r['coverage_pred95']:.1%}" if "coverage_pred95" in r else "-"
+    cal = "".join(f" {r[f'scale_{c}']:.2f} | {r[f'coverage_2std_cal_{c}']:.1%} |" if f"scale_{c}" in r else " - | - |"
+                  for c in cal_sets)
     print(
         f"| {r['setting']} | {r['method']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.3f} ± {r['ssim_std']:.3f} "
-        f"| {cov} | {pred} | {r['nfe']:.0f} | {r['s_per_slice']:.2f} | {r['peak_mib']:.0f} |",
+        f"| {cov} | {pred} | {r['nfe']:.0f} | {r['s_per_slice']:.2f} | {r['peak_mib']:.0f} |" + cal,
         flush=True,
     )
 

@@ -60,6 +60,11 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         brain["recon-solvers"] = py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--settings", "ct30,mri8x",
                                        "--slices", "3", "--samples", "4", *dev, "--solvers", OTHER_SOLVERS,
                                        "--methods", "tv"]
+        for image_set, cal_sets in (("heldout", "heldout"), ("other", "heldout,other")):  # calibrated std
+            brain[f"recon-calibrated-{image_set}"] = py + [
+                str(HERE / "bench_reconstruct.py"), "--set", image_set, "--settings", "ct30,ct60,mri4x,mri8x,blur",
+                "--slices", "6", "--samples", "4", *dev, "--solvers", "default", "--methods", "tv",
+                "--calibrate", "19", "--calibration-set", cal_sets]
     return {
         "radon-speed": py + [str(HERE / "bench_radon.py"), "--sizes", "128", *([] if quick else ["256"]),
                              "--threads", "2", *([] if quick else ["1"]), "--repeats", "3" if quick else "5"],

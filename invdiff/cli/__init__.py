@@ -13,7 +13,7 @@ from invdiff.cli.app import app
 from invdiff.cli.common import run_app
 
 # Each import registers its command on ``app``.
-from invdiff.cli import simulate, reconstruct, evaluate, info, train, sample, likelihood  # noqa: F401,E402
+from invdiff.cli import simulate, reconstruct, evaluate, calibrate, info, train, sample, likelihood  # noqa: F401,E402
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -118,6 +119,8 @@ def emit_json(obj: Any) -> None:
     def default(o):
         if isinstance(o, Path):
             return str(o)
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
         if hasattr(o, "item"):
             return o.item()
         if hasattr(o, "tolist"):

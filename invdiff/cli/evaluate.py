@@ -19,7 +19,7 @@ from invdiff.errors import InputError
         "maximum unless --data-range is given. residual = ||A x - y|| / ||y||; discrepancy_ratio = "
         "||A x - y||^2 / E||noise||^2 (near 1 means the data are fitted to the noise level); coverage_2std = "
         "fraction of pixels whose error is within 2 posterior std; coverage_pred95 = the same for the 95 % Student-t "
-        "prediction interval of K samples, t(K-1) sqrt(1 + 1/K) std (95 % for an exact sampler at any K).\n\n"
+        "prediction interval of K samples, t(K-1) sqrt(1 + 1/K) std (95 % for an exact sampler at any K; not given for a std scaled by --calibration).\n\n"
         "Examples:\n\n"
         "  invdiff evaluate recon.h5 --reference sino.h5          (simulated file: its ground truth and residual)\n\n"
         "  invdiff evaluate recon.h5 --reference brain.png --data-range 1 --json"

@@ -36,6 +36,12 @@ def describe_file(path: Path) -> dict[str, Any]:
         prior = load_prior(path, device="cpu")
         return {"kind": "prior", "path": str(path), "checksum": prior.checksum, "config": prior.config}
     suffix = path.suffix.lower()
+    if suffix == ".json":
+        import dataclasses
+
+        from invdiff.pipeline.calibration import read_calibration
+
+        return {"kind": "calibration", "path": str(path), **dataclasses.asdict(read_calibration(path))}
     if suffix in (".h5", ".hdf5", ".hdf"):
         from invdiff.io.hdf5 import read_measurement, read_result, reading
 
@@ -99,7 +105,7 @@ def solver_details(name: str) -> dict[str, Any]:
 
 @app.command(epilog="Examples:\n\n  invdiff info sino.h5\n\n  invdiff info recon.h5 --json\n\n  invdiff info --solvers")
 def info(
-    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, DICOM or image file.")] = None,
+    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, calibration (.json), DICOM or image file.")] = None,
     operators: Annotated[bool, typer.Option("--operators", help="List registered operators.")] = False,
     solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers, their --option names with defaults and their tuned per-operator defaults.")] = False,
     methods: Annotated[bool, typer.Option("--methods", help="List classical methods.")] = False,

@@ -94,6 +94,7 @@ def reconstruct(
     samples: Annotated[int, typer.Option("--samples", help="Posterior samples K: mean -> reconstruction, std -> std.")] = 4,
     keep_samples: Annotated[bool, typer.Option("--keep-samples", help="Also store the K samples.")] = False,
     std_window: Annotated[int, typer.Option("--std-window", help="Pool the posterior variance over W x W pixels (odd W; 1 = per-pixel sample std). A steadier std from few samples, at the window's resolution.")] = 1,
+    calibration: Annotated[str, typer.Option("--calibration", help="A file from `invdiff calibrate`: scale the std by the factor it fitted for this prior, solver, K and operator on images with known truth. auto: a calibration shipped with the prior that fits this run, if any; none: the plain sample std.")] = "auto",
     weight: Annotated[Optional[float], typer.Option("--weight", help="Regularisation weight of a classical method.")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Iterations of a classical method.")] = None,
     dicom: Annotated[Optional[Path], typer.Option("--dicom", help="Also write a DICOM series into this folder.")] = None,
@@ -137,6 +138,16 @@ def reconstruct(
     check_window(std_window)
     if method is not None and std_window != 1:
         raise InputError("--std-window pools the posterior variance of a prior's samples; a --method has none.")
+    the_calibration, calibration_path = None, None
+    if calibration == "auto":
+        the_calibration = None if method is not None else "auto"
+    elif calibration != "none":
+        if method is not None:
+            raise InputError("--calibration scales the posterior std of a prior's samples; a --method has none.")
+        from invdiff.pipeline.calibration import read_calibration
+
+        calibration_path = Path(calibration)
+        the_calibration = read_calibration(calibration_path)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}.")
     if image_size is not None and image_size < 1:
@@ -159,7 +170,7 @@ def reconstruct(
     settings = Settings(
         method=method, weight=weight, iterations=iterations, solver=solver, steps=steps, guidance=guidance,
         options=_parse_options(option), samples=samples, keep_samples=keep_samples, seed=seed, batch=batch_size,
-        std_window=std_window,
+        std_window=std_window, calibration=the_calibration, calibration_path=calibration_path,
     )
     loaded_priors: dict[str, object] = {}
     summary, failures = [], []
@@ -200,6 +211,10 @@ def reconstruct(
                     result = run_classical(m, s, dev, advance)
                 else:
                     result = run_prior(m, s, the_prior, dev, advance)
+            differ = (result.info.get("calibration") or {}).get("operator_settings_differ")
+            if differ and not quiet:
+                print(f"invdiff: warning: {src}: the calibration was fitted at other operator settings ({', '.join(differ)}); "
+                      "its coverage guarantee is for those.", file=sys.stderr)
             record = provenance(m, result.info, seed=seed, device=str(dev), prior=the_prior)
             record["wall_seconds"] = time.perf_counter() - start
             this_png = png if png_dir is None else png_dir / f"{src.stem}.png"
@@ -207,7 +222,9 @@ def reconstruct(
             write_outputs(m, result.reconstruction, result.std, result.samples, record, out=dst, dicom_dir=this_dicom, png=this_png)
             summary.append({"input": str(src), "out": str(dst), **{k: result.info[k] for k in ("seconds",) if k in result.info}})
             if not quiet and not json_out:
-                typer.echo(f"wrote {dst} ({m.data.shape[0]} slice(s), {result.info.get('seconds', 0):.1f} s)")
+                cal = result.info.get("calibration")
+                scaled = f"; std x {cal['scale']:.2f} from {cal['file']}" if cal else ""
+                typer.echo(f"wrote {dst} ({m.data.shape[0]} slice(s), {result.info.get('seconds', 0):.1f} s{scaled})")
         except InputError as exc:
             if n_inputs == 1 or getattr(exc, "fatal", False):
                 raise

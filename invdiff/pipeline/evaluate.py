@@ -86,8 +86,10 @@ def evaluate(result: dict[str, Any], reference: np.ndarray, *, data_range: float
     }
     if result.get("std") is not None and np.any(result["std"]):
         out["coverage_2std"] = metrics.coverage(ref, rec, result["std"], 2.0)
-        k = (result.get("provenance") or {}).get("samples")
-        if isinstance(k, int) and not isinstance(k, bool) and k >= 2:
+        prov = result.get("provenance") or {}
+        k = prov.get("samples")
+        # the Student-t interval is for the plain sample std; a calibrated std is scaled already
+        if isinstance(k, int) and not isinstance(k, bool) and k >= 2 and not prov.get("calibration"):
             out["coverage_pred95"] = metrics.predictive_coverage(ref, rec, result["std"], k)
     if m is not None:
         x = result.get("reconstruction_complex")

@@ -31,7 +31,8 @@ def provenance(m: Measurement, info: dict[str, Any], *, seed: int, device: str, 
         **info,
     }
     if prior is not None:
-        record["prior"] = {"path": str(getattr(prior, "path", "")), "checksum": getattr(prior, "checksum", None)}
+        path = getattr(prior, "path", None)
+        record["prior"] = {"path": str(path) if path else "", "checksum": getattr(prior, "checksum", None)}
     return record
 
 

@@ -17,7 +17,7 @@ the "operator + prior -> solver" step for a whole stack of slices:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -45,6 +45,8 @@ class Settings:
     samples: int = 1
     keep_samples: bool = False
     std_window: int = 1  # pool the posterior variance over W x W pixels (invdiff/pipeline/pooling.py)
+    calibration: Any = None  # a Calibration (std -> scale * std), "auto" (one shipped with the prior) or None
+    calibration_path: Any = None  # the file it came from, for the provenance
     seed: int = 0
     batch: int = 16
 
@@ -264,6 +266,18 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     source = str(m.source or "measurement")
     op_for = slice_operators(m, device)
     check_prior_fits(prior, op_for(0), source)
+    from invdiff.pipeline import calibration as calib
+
+    operator_summary = calib.operator_settings(m.operator)  # views, sampled fraction, noise: for calibrate
+    pipeline = {"solver": s.solver, "samples": s.samples, "std_window": s.std_window, "operator": m.operator["name"],
+                "prior_checksum": getattr(prior, "checksum", None)}
+    calibration = None
+    if s.calibration == "auto":  # a calibration shipped with the prior, if one fits this run
+        found = calib.shipped_calibration(getattr(prior, "path", None), pipeline, m.operator)
+        s = replace(s, calibration=found[0] if found else None, calibration_path=found[1] if found else None)
+    if s.calibration is not None:
+        calib.check_fits(s.calibration, pipeline, source)
+        calibration = calib.record(s.calibration, s.calibration_path, calib.settings_differ(s.calibration, m.operator))
     units = prior_units(prior, m, device)
     scale = units.scale
     denoiser = ShiftedDenoiser(prior, units.shift) if units.shift != 0.0 else prior
@@ -304,7 +318,8 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         else:
             mean, std = posterior_moments(x[:, 0], classical, beta)
             means.append(mean.cpu().numpy().astype(np.float32))
-        stds.append(pooled_std(std.cpu().numpy().astype(np.float32), s.std_window))
+        std = pooled_std(std.cpu().numpy().astype(np.float32), s.std_window)
+        stds.append(std * np.float32(s.calibration.scale) if calibration else std)
         if s.keep_samples:
             all_samples.append(_to_image(x))
         progress(1)
@@ -316,6 +331,8 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         "discrepancy_mean": float(np.mean(discrepancies)) if discrepancies else None,
         "samples": s.samples,
         "std_window": s.std_window,
+        "operator_settings": operator_summary,
+        **({"calibration": calibration} if calibration else {}),
         "image_scale": scale,
         "image_offset": units.offset,
         "image_units": units.description,

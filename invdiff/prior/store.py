@@ -222,11 +222,12 @@ class Prior(nn.Module):
     images between their own units and the prior's.
     """
 
-    def __init__(self, precond: Precond, config: dict, checksum: str = ""):
+    def __init__(self, precond: Precond, config: dict, checksum: str = "", path: Path | None = None):
         super().__init__()
         self.precond = precond.eval().requires_grad_(False)
         self.config = config
         self.checksum = checksum
+        self.path = path  # the directory it was loaded from (provenance; shipped calibrations)
         self.sigma_min = float(precond.sigma_min)
         self.sigma_max = float(precond.sigma_max)
         self.sigma_data = float(precond.sigma_data)
@@ -327,7 +328,7 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu", weights: st
         first = str(exc).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise InputError(f"{wfile}: weights do not fit the architecture in {CONFIG_NAME} ({detail[:200]}).") from None
-    return Prior(precond, config, checksum).to(device)
+    return Prior(precond, config, checksum, prior_dir).to(device)
 
 
 def _config_of_newer_weights(config: dict, state: dict[str, torch.Tensor], wfile: Path) -> dict:

@@ -1,0 +1,85 @@
+"""Fit the std calibrations shipped with the priors (``data/priors/*/calibration/*.json``).
+
+    python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_microscopy.py
+    python examples/calibrate_priors.py [--prior brain128] [--settings ct30,mri8x] [--slices 19]
+
+For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
+user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
+with the prior and the default solver (K = 4), and ``invdiff calibrate --alpha 0.1``. The
+calibration slices are held-out slices the benchmark does NOT score: ``--slices`` of them spread
+over the rest of the set (bench_reconstruct.py --calibrate uses the same ones). ``invdiff
+reconstruct --calibration auto`` (its default) then applies the file whose pipeline and
+operator settings fit a run (invdiff/pipeline/calibration.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_reconstruct import calibration_slices, load_set, pick_indices  # noqa: E402
+
+from invdiff.cli import app  # noqa: E402
+from invdiff.cli.common import run_app  # noqa: E402
+
+#: setting -> the `invdiff simulate` options of the benchmark protocol
+SIMULATE = {
+    "ct30": ["--operator", "radon", "--views", "30", "--noise-rel", "0.01"],
+    "ct60": ["--operator", "radon", "--views", "60", "--noise-rel", "0.01"],
+    "mri4x": ["--operator", "mri", "--acceleration", "4", "--center-fraction", "0.08", "--noise-std", "0.005"],
+    "mri8x": ["--operator", "mri", "--acceleration", "8", "--center-fraction", "0.04", "--noise-std", "0.005"],
+    "blur": ["--operator", "blur", "--psf", "gaussian:2", "--noise-std", "0.01"],
+}
+#: prior -> (image set of bench_reconstruct.py, settings)
+PRIORS = {"brain128": ("heldout", ["ct30", "ct60", "mri4x", "mri8x", "blur"]), "microscopy128": ("microscopy", ["blur"])}
+SCORED = 6  # the benchmark scores 6 slices of each set (bench_reconstruct.py --slices 6)
+
+
+def invdiff(*args) -> None:
+    code = run_app(app, [str(a) for a in args])
+    if code != 0:
+        raise SystemExit(f"calibrate_priors: invdiff {' '.join(map(str, args))} failed with exit code {code}.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prior", default="brain128", choices=sorted(PRIORS))
+    parser.add_argument("--settings", default=None, help="comma list (default: every setting of the prior)")
+    parser.add_argument("--slices", type=int, default=19)
+    parser.add_argument("--alpha", type=float, default=0.1)
+    args = parser.parse_args()
+    image_set, settings = PRIORS[args.prior]
+    settings = args.settings.split(",") if args.settings else settings
+    prior = REPO / "data" / "priors" / args.prior
+    pool = load_set(image_set, 128)
+    truth = calibration_slices(pool, args.slices, pick_indices(len(pool), SCORED))
+    out_dir = prior / "calibration"
+    out_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "truth.npy", truth)
+        for key in settings:
+            meas, result, out = tmp / f"{key}.h5", tmp / f"{key}_recon.h5", out_dir / f"{key}.json"
+            invdiff("simulate", tmp / "truth.npy", *SIMULATE[key], "--seed", "1", "--out", meas, "-q")
+            invdiff("reconstruct", meas, "--prior", prior, "--samples", "4", "--calibration", "none", "--device", "cpu",
+                    "--out", result, "-q")
+            invdiff("calibrate", result, "--alpha", args.alpha, "--out", out, "-q")
+            cal = json.loads(out.read_text())
+            cal["sources"] = [f"{args.slices} held-out slices of the {image_set} set not scored by the benchmark, "
+                              f"simulated with: invdiff simulate {' '.join(SIMULATE[key])} --seed 1 "
+                              f"(examples/calibrate_priors.py --prior {args.prior})"]
+            out.write_text(json.dumps(cal, indent=1) + "\n")
+            print(f"{out.relative_to(REPO)}: scale {cal['scale']:.3f}; 2 std covered {1 - cal['risk_uncalibrated']:.1%} "
+                  f"of the calibration pixels, {1 - cal['risk_calibrated']:.1%} after", flush=True)
+
+
+if __name__ == "__main__":
+    main()

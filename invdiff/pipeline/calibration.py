@@ -1,0 +1,262 @@
+"""Calibrating the posterior std on images whose truth is known (``invdiff calibrate``).
+
+A diffusion posterior's samples can be too narrow (a prior that fills unmeasured k-space more
+confidently than its errors warrant) or too wide, and K = 4 samples estimate each pixel's std
+from 3 degrees of freedom. A user who has a few images like theirs with ground truth (simulated
+measurements of their own reference scans) can calibrate the reported std on them: the
+calibrated std is ``scale * std``, with ``scale`` chosen by conformal risk control (Angelopoulos,
+Bates, Fisch, Lei & Schuster, "Conformal risk control", ICLR 2024, Theorem 1; for image
+uncertainty maps, Angelopoulos et al., "Image-to-image regression with distribution-free
+uncertainty quantification", ICML 2022):
+
+    L_i(lam)   = fraction of the pixels p of calibration image i with
+                 |truth_i(p) - mean_i(p)| > z * lam * std_i(p),            in [0, 1]
+    R_n(lam)   = (1/n) sum_i L_i(lam)                                      (non-increasing in lam)
+    lam_hat    = inf { lam >= 0 : n/(n+1) R_n(lam) + 1/(n+1) <= alpha }.
+
+For a new image exchangeable with the n calibration images (same prior, solver, operator
+setting and kind of image), E[L_new(lam_hat)] <= alpha: on average at most ``alpha`` of its pixels
+lie outside ``z`` calibrated stds. The guarantee needs n >= 1/alpha - 1 images (9 at alpha =
+0.1) and says nothing about images of another kind: a scale calibrated on T1 brain slices may
+under-cover a T2 slice (BENCHMARKS.md, "Calibrated uncertainty"). Each 2D slice is one image.
+
+A calibration file is JSON (no code), written by ``invdiff calibrate`` and read by
+``invdiff reconstruct --calibration FILE``, which refuses it for another prior, solver, sample
+count K, std window or operator, since the scale holds only for the pipeline it was fitted on.
+A prior directory may ship calibrations in ``calibration/*.json``; ``--calibration auto`` (the
+default) applies the first whose pipeline and operator settings (within 20 %) match the run,
+and none otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from invdiff.errors import InputError
+
+KIND = "invdiff_calibration"
+VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """A fitted std scale and the pipeline it holds for (module docstring)."""
+
+    scale: float
+    alpha: float
+    z: float
+    images: int
+    risk_calibrated: float  # R_n(scale): mean fraction of calibration pixels outside z * scale * std
+    risk_uncalibrated: float  # R_n(1)
+    solver: str
+    samples: int
+    std_window: int
+    operator: str
+    operator_settings: dict[str, Any] = field(default_factory=dict)
+    prior_checksum: str | None = None
+    sources: list[str] = field(default_factory=list)
+    invdiff_version: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": KIND, "version": VERSION, **asdict(self)}, indent=1) + "\n"
+
+
+def check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not 0.0 < alpha < 1.0:
+        raise InputError(f"--alpha is the fraction of pixels allowed outside the interval; it must lie between 0 and 1, got {alpha:g}.")
+    return alpha
+
+
+def min_images(alpha: float) -> int:
+    """The fewest calibration images for which conformal risk control can meet ``alpha``."""
+    return max(1, math.ceil(1.0 / alpha - 1.0 - 1e-12))
+
+
+def std_ratios(truth: np.ndarray, mean: np.ndarray, std: np.ndarray, z: float) -> np.ndarray:
+    """Per pixel, the smallest scale that covers it: ``|truth - mean| / (z std)`` ``(H, W)``;
+    0 where the error is 0, inf where the std is 0 but the error is not."""
+    err = np.abs(np.asarray(truth, np.float64) - np.asarray(mean, np.float64))
+    s = z * np.asarray(std, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(err == 0, 0.0, err / s)
+    return np.where(np.isnan(r), np.inf, r)
+
+
+def risk(ratios: list[np.ndarray], scale: float) -> float:
+    """R_n(scale): the mean over images of the fraction of pixels with ratio > scale."""
+    return float(np.mean([np.mean(r > scale) for r in ratios]))
+
+
+def conformal_scale(ratios: list[np.ndarray], alpha: float) -> float:
+    """``lam_hat`` of the module docstring from the per-image pixel ratios (``std_ratios``).
+
+    R_n(lam) is a step function that drops at the pixel ratios, so the infimum is 0 or one of
+    them: sort every pixel's ratio with weight 1 / (n * pixels of its image), and take the
+    smallest ratio whose tail weight (pixels strictly above it) is within the target."""
+    alpha = check_alpha(alpha)
+    n = len(ratios)
+    if n < min_images(alpha):
+        raise InputError(f"conformal calibration at alpha = {alpha:g} needs at least {min_images(alpha)} calibration "
+                         f"slices, got {n}; add slices or raise --alpha.")
+    target = (alpha * (n + 1) - 1.0) / n  # R_n(lam) must not exceed this
+    values = np.concatenate([r.ravel() for r in ratios])
+    weights = np.concatenate([np.full(r.size, 1.0 / (n * r.size)) for r in ratios])
+    order = np.argsort(values, kind="stable")
+    values, weights = values[order], weights[order]
+    tail = np.concatenate([np.cumsum(weights[::-1])[::-1], [0.0]])  # tail[j] = sum of weights[j:]
+    if tail[np.searchsorted(values, 0.0, side="right")] <= target + 1e-12:
+        return 0.0
+    above = tail[np.searchsorted(values, values, side="right")]  # weight strictly above each value
+    ok = np.nonzero(above <= target + 1e-12)[0]
+    if ok.size == 0 or not np.isfinite(values[ok[0]]):
+        uncoverable = float(tail[np.searchsorted(values, np.inf, side="left")])
+        raise InputError(f"{uncoverable:.1%} of the calibration pixels have a zero std but a nonzero error, so no scale of "
+                         f"the std can cover them; reconstruct with --samples 2 or more.")
+    return float(values[ok[0]])
+
+
+def calibrate(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: float, z: float = 2.0) -> tuple[float, float, float]:
+    """``[(truth, mean, std), ...]`` each ``(H, W)`` -> ``(scale, R_n(scale), R_n(1))``."""
+    if not z > 0:
+        raise InputError(f"--z must be positive, got {z:g}.")
+    ratios = [std_ratios(t, m, s, z) for t, m, s in images]
+    scale = conformal_scale(ratios, alpha)
+    return scale, risk(ratios, scale), risk(ratios, 1.0)
+
+
+# --- the pipeline a result came from, and whether a calibration fits it ------------------
+
+def operator_settings(operator: dict[str, Any]) -> dict[str, Any]:
+    """The scalar parameters of an operator description, which name its setting; its arrays are
+    summarised (the view count of the angles, the sampled fraction of an MRI mask, the coil
+    count of its maps)."""
+    params = operator.get("params", {}) if isinstance(operator, dict) else {}
+    out: dict[str, Any] = {}
+    for key, value in sorted(params.items()):
+        if key == "noise" and isinstance(value, dict):
+            out[key] = {k: v for k, v in value.items() if isinstance(v, (bool, int, float, str))}
+        elif key in ("angles_deg", "mask", "coil_maps") and isinstance(value, (list, tuple, np.ndarray)):
+            array = np.asarray(value)
+            if key == "angles_deg":
+                out["views"] = int(array.size)
+            elif key == "mask" and array.size:
+                out["sampled_fraction"] = round(float(np.mean(array != 0)), 4)
+            elif key == "coil_maps" and array.ndim >= 3:
+                out["coils"] = int(array.shape[0])
+        elif isinstance(value, (bool, int, float, str)) and not isinstance(value, np.ndarray):
+            out[key] = value
+    return out
+
+
+def _same(a: Any, b: Any, rel: float = 0.2) -> bool:
+    """Equal settings; numbers within ``rel`` of each other (a noise std set relative to each
+    image's peak differs a little from image to image)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(_same(a[k], b[k], rel) for k in a)
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(a - b) <= rel * max(abs(a), abs(b))
+    return a == b
+
+
+def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
+    """What a calibration must match, from a result's provenance (InputError if it is not a
+    prior's result with a std)."""
+    if not isinstance(provenance, dict) or not provenance.get("solver"):
+        raise InputError(f"{source}: not a diffusion-prior result (no solver in its provenance); a classical method has no std to calibrate.")
+    if provenance.get("calibration"):
+        raise InputError(f"{source}: its std is already calibrated; calibrate on results written without --calibration.")
+    operator = provenance.get("operator") or {}
+    prior = provenance.get("prior") or {}
+    return {
+        "solver": str(provenance["solver"]),
+        "samples": int(provenance.get("samples", 1)),
+        "std_window": int(provenance.get("std_window", 1)),
+        "operator": str(operator.get("name", "")),
+        "prior_checksum": prior.get("checksum"),
+    }
+
+
+def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
+    """InputError unless ``cal`` was fitted on the pipeline ``pipeline`` (keys of pipeline_of)."""
+    names = {"solver": "solver", "samples": "--samples", "std_window": "--std-window", "operator": "operator",
+             "prior_checksum": "prior"}
+    for key, label in names.items():
+        theirs, ours = pipeline.get(key), getattr(cal, key)
+        if key == "prior_checksum" and (theirs is None or ours is None):
+            continue
+        if theirs != ours:
+            what = f"{label} {ours}" if key != "prior_checksum" else f"prior {str(ours)[:12]}..."
+            now = theirs if key != "prior_checksum" else f"{str(theirs)[:12]}..."
+            raise InputError(f"{source}: the calibration was fitted with {what} but this run uses {now}; "
+                             f"a std scale holds only for the pipeline it was fitted on.")
+
+
+def settings_differ(cal: Calibration, operator: dict[str, Any]) -> list[str]:
+    """Operator settings (views, sampled fraction, noise, ...) of this run that differ from the
+    calibration's by more than 20 %: allowed, but the guarantee is then for another setting."""
+    now = operator_settings(operator)
+    keys = sorted(set(now) | set(cal.operator_settings))
+    return [k for k in keys if not _same(now.get(k), cal.operator_settings.get(k))]
+
+
+def record(cal: Calibration, path: Path | None, differ: list[str]) -> dict[str, Any]:
+    """The ``calibration`` entry of a result's provenance."""
+    out = {"file": str(path) if path else None, "scale": cal.scale, "alpha": cal.alpha, "z": cal.z, "images": cal.images}
+    if differ:
+        out["operator_settings_differ"] = differ
+    return out
+
+
+def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any]
+                        ) -> tuple[Calibration, Path] | None:
+    """The first ``calibration/*.json`` of a prior directory that fits this run exactly (same
+    pipeline, operator settings within 20 %), or None."""
+    if prior_dir is None or not (Path(prior_dir) / "calibration").is_dir():
+        return None
+    for path in sorted((Path(prior_dir) / "calibration").glob("*.json")):
+        cal = read_calibration(path)
+        try:
+            check_fits(cal, pipeline, str(path))
+        except InputError:
+            continue
+        if cal.prior_checksum is not None and not settings_differ(cal, operator):
+            return cal, path
+    return None
+
+
+def read_calibration(path: Path) -> Calibration:
+    """Parse a calibration file (plain JSON; InputError for anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: calibration file does not exist.")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read as a JSON calibration file ({exc.__class__.__name__}).") from None
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise InputError(f"{path}: not an invdiff calibration file (write one with `invdiff calibrate`).")
+    if data.get("version") != VERSION:
+        raise InputError(f"{path}: calibration file version {data.get('version')} is not supported (this invdiff reads {VERSION}).")
+    fields_ = {k: v for k, v in data.items() if k not in ("kind", "version")}
+    try:
+        cal = Calibration(**fields_)
+    except TypeError:
+        raise InputError(f"{path}: the calibration file lacks fields or has unknown ones.") from None
+    scale = cal.scale
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
+        raise InputError(f"{path}: the calibration scale must be a finite number >= 0, got {scale!r}.")
+    for key in ("samples", "std_window", "images"):
+        value = getattr(cal, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{path}: '{key}' must be a whole number >= 1, got {value!r}.")
+    if not isinstance(cal.solver, str) or not isinstance(cal.operator, str):
+        raise InputError(f"{path}: 'solver' and 'operator' must be names.")
+    return cal

@@ -1,0 +1,237 @@
+"""Calibrating the posterior std (invdiff/pipeline/calibration.py, `invdiff calibrate`,
+`invdiff reconstruct --calibration`).
+
+The scale is checked against a brute-force search of the conformal risk control condition, and
+its guarantee on an overconfident Gaussian posterior sampler whose exact miscoverage is known:
+a new image's expected fraction of pixels outside 2 calibrated stds must not exceed alpha
+(Angelopoulos et al. 2024, Theorem 1), and must not fall far under it either (their
+Proposition: at least alpha - 2 / (n + 1) for continuous losses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from helpers_cli import brain32, expect_bad, invdiff, tiny_prior
+from invdiff.errors import InputError
+from invdiff.pipeline import calibration as calib
+
+
+def brute_force_scale(ratios: list[np.ndarray], alpha: float) -> float:
+    """Try 0 and every pixel ratio in increasing order; the first that meets the condition."""
+    n = len(ratios)
+    for lam in np.concatenate([[0.0], np.unique(np.concatenate([r.ravel() for r in ratios]))]):
+        r_n = np.mean([np.mean(r > lam) for r in ratios])
+        if n / (n + 1) * r_n + 1 / (n + 1) <= alpha + 1e-12:
+            return float(lam)
+    raise AssertionError("no scale found")
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.3])
+def test_scale_is_the_infimum_of_the_condition(alpha):
+    rng = np.random.default_rng(1)
+    n = 25
+    # images of different sizes (their pixels weigh 1 / size each), ties and exact zeros
+    ratios = [np.round(rng.exponential(1.0, size=rng.integers(5, 40)), 1) for _ in range(n)]
+    ratios[3][:2] = 0.0
+    assert calib.conformal_scale(ratios, alpha) == pytest.approx(brute_force_scale(ratios, alpha), abs=0)
+
+
+def overconfident_posterior(rng, images: int, pixels: int, samples: int = 4):
+    """Truths drawn from a Gaussian posterior N(mu, s^2) per pixel, and a sampler that draws K
+    samples from N(mu, (c s)^2) with c ~ U(0.3, 0.8) per image (too narrow, more for some
+    images than others). Returns (truth, mean, std) per image."""
+    out = []
+    for _ in range(images):
+        mu = rng.normal(size=pixels)
+        s = rng.uniform(0.5, 2.0, size=pixels)
+        truth = mu + s * rng.normal(size=pixels)
+        c = rng.uniform(0.3, 0.8)
+        draws = mu + c * s * rng.normal(size=(samples, pixels))
+        out.append((truth, draws.mean(0), draws.std(0, ddof=1)))
+    return out
+
+
+def test_guarantee_on_an_overconfident_gaussian_sampler():
+    alpha, n, trials = 0.1, 19, 300
+    rng = np.random.default_rng(0)
+    before, after = [], []
+    for _ in range(trials):
+        images = overconfident_posterior(rng, n + 1, 64)
+        scale, _, _ = calib.calibrate(images[:n], alpha, z=2.0)
+        truth, mean, std = images[n]
+        after.append(np.mean(np.abs(truth - mean) > 2 * scale * std))
+        before.append(np.mean(np.abs(truth - mean) > 2 * std))
+    miss, se = float(np.mean(after)), float(np.std(after) / np.sqrt(trials))
+    assert np.mean(before) > 0.3  # uncalibrated: far too many pixels outside 2 std
+    assert miss <= alpha + 3 * se, (miss, se)
+    assert miss >= alpha - 2 / (n + 1) - 3 * se, (miss, se)
+
+
+def test_calibrated_fraction_on_the_calibration_set():
+    images = overconfident_posterior(np.random.default_rng(2), 30, 256)
+    scale, risk_cal, risk_raw = calib.calibrate(images, 0.1)
+    assert scale > 1 and risk_raw > 0.3
+    n = 30
+    assert risk_cal <= (0.1 * (n + 1) - 1) / n + 1e-12  # the condition it was chosen by
+    smaller = calib.risk([calib.std_ratios(*im, 2.0) for im in images], scale * (1 - 1e-9))
+    assert smaller > (0.1 * (n + 1) - 1) / n  # and the smallest such scale
+
+
+def test_too_few_images_and_uncoverable_pixels():
+    images = overconfident_posterior(np.random.default_rng(3), 8, 16)
+    with pytest.raises(InputError, match="at least 9 calibration slices"):
+        calib.calibrate(images, 0.1)
+    zero = [(t, m, np.zeros_like(s)) for t, m, s in overconfident_posterior(np.random.default_rng(4), 12, 16)]
+    with pytest.raises(InputError, match="zero std"):
+        calib.calibrate(zero, 0.1)
+
+
+def test_settings_summary_and_tolerance():
+    op = {"name": "mri", "params": {"image_shape": [1, 4, 4], "mask": np.array([[1, 0, 0, 0]] * 4),
+                                    "noise": {"kind": "gaussian", "std": 0.005}, "acceleration": 4}}
+    summary = calib.operator_settings(op)
+    assert summary == {"acceleration": 4, "noise": {"kind": "gaussian", "std": 0.005}, "sampled_fraction": 0.25}
+    cal = calib.Calibration(scale=2.0, alpha=0.1, z=2.0, images=10, risk_calibrated=0.05, risk_uncalibrated=0.3,
+                            solver="diffpir", samples=4, std_window=1, operator="mri", operator_settings=summary)
+    near = {**op, "params": {**op["params"], "noise": {"kind": "gaussian", "std": 0.0055}}}
+    assert calib.settings_differ(cal, near) == []
+    far = {**op, "params": {**op["params"], "mask": np.ones((4, 4)), "acceleration": 8}}
+    assert calib.settings_differ(cal, far) == ["acceleration", "sampled_fraction"]
+
+
+# --- the command line ---------------------------------------------------------------------
+
+RECON = ["--solver", "dds", "--steps", "2", "--samples", "2", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    prior = tiny_prior(root / "prior")
+    images = np.concatenate([brain32(6)[:, ::2, ::2]] * 2)  # 12 slices of 16x16
+    np.save(root / "refs.npy", images)
+    meas = root / "ct.h5"
+    assert invdiff("simulate", root / "refs.npy", "--operator", "radon", "--views", "12", "--noise-rel", "0.02", "--out", meas, "-q") == 0
+    result = root / "r.h5"
+    assert invdiff("reconstruct", meas, "--prior", prior, *RECON, "--out", result) == 0
+    out = root / "cal.json"
+    assert invdiff("calibrate", result, "--alpha", "0.2", "--out", out, "-q") == 0
+    return root, prior, meas, result, out
+
+
+def test_calibrate_writes_a_scale_that_reconstruct_applies(fitted, tmp_path, capsys):
+    root, prior, meas, result, out = fitted
+    cal = json.loads(out.read_text())
+    assert cal["kind"] == "invdiff_calibration" and cal["images"] == 12 and cal["solver"] == "dds"
+    assert cal["samples"] == 2 and cal["operator"] == "radon" and cal["operator_settings"]["views"] == 12
+    with h5py.File(result) as f:
+        truth, rec, std = f["reconstruction"][()], f["reconstruction"][()], f["std"][()]
+    with h5py.File(meas) as f:
+        truth = f["ground_truth"][()]
+    # the scale is the library's, recomputed here from the file's arrays
+    expected, _, _ = calib.calibrate(list(zip(truth, rec, std)), 0.2)
+    assert cal["scale"] == pytest.approx(expected, rel=1e-12)
+    again = tmp_path / "c.h5"
+    assert invdiff("reconstruct", meas, "--prior", prior, *RECON, "--calibration", out, "--out", again) == 0
+    with h5py.File(again) as f:
+        std_c = f["std"][()]
+        prov = json.loads(f.attrs["invdiff_provenance"])
+        assert np.allclose(f["reconstruction"][()], rec)
+    assert np.allclose(std_c, cal["scale"] * std, rtol=1e-6)
+    assert prov["calibration"]["scale"] == cal["scale"] and prov["calibration"]["file"] == str(out)
+    capsys.readouterr()
+    assert invdiff("evaluate", again, "--json") == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert "coverage_2std" in scores and "coverage_pred95" not in scores
+    assert scores["coverage_2std"] >= 1 - cal["risk_calibrated"] - 1e-6  # the same slices it was fitted on
+
+
+def test_calibration_bad_input(fitted, tmp_path, capsys):
+    root, prior, meas, result, out = fitted
+    work = tmp_path
+    r = work / "r.h5"
+    # another K than the calibration's
+    expect_bad(work, capsys, ["reconstruct", meas, "--prior", prior, *RECON[:-3], "--samples", "3", "-q",
+                              "--calibration", out, "--out", r], meas, "--samples 2")
+    # a classical method has no std
+    expect_bad(work, capsys, ["reconstruct", meas, "--method", "fbp", "--calibration", out, "--out", r, "-q"], "--calibration")
+    # not a calibration file; a negative scale
+    junk = work / "junk.json"
+    junk.write_text("{not json")
+    expect_bad(work, capsys, ["reconstruct", meas, "--prior", prior, *RECON, "--calibration", junk, "--out", r], junk)
+    neg = work / "neg.json"
+    neg.write_text(json.dumps({**json.loads(out.read_text()), "scale": -1}))
+    expect_bad(work, capsys, ["reconstruct", meas, "--prior", prior, *RECON, "--calibration", neg, "--out", r], neg, "scale")
+    # calibrating a classical result, a calibrated result, too few slices for alpha
+    fbp = root / "fbp.h5"
+    assert invdiff("reconstruct", meas, "--method", "fbp", "--out", fbp, "-q") == 0
+    expect_bad(work, capsys, ["calibrate", fbp, "--out", work / "c.json"], fbp, "classical")
+    calibrated = work / "calibrated.h5"
+    assert invdiff("reconstruct", meas, "--prior", prior, *RECON, "--calibration", out, "--out", calibrated) == 0
+    expect_bad(work, capsys, ["calibrate", calibrated, "--out", work / "c.json"], calibrated, "already calibrated")
+    expect_bad(work, capsys, ["calibrate", result, "--alpha", "0.05", "--out", work / "c.json"], "alpha", "at least 19")
+    expect_bad(work, capsys, ["calibrate", result, "--alpha", "1.5", "--out", work / "c.json"], "--alpha")
+    # a result file that is not HDF5, and a reference of another shape
+    broken = work / "broken.h5"
+    broken.write_bytes(b"not hdf5")
+    expect_bad(work, capsys, ["calibrate", broken, "--out", work / "c.json"], broken)
+    small = work / "small.npy"
+    np.save(small, np.ones((12, 8, 8), np.float32))
+    expect_bad(work, capsys, ["calibrate", result, "--reference", small, "--out", work / "c.json"], small, "shape")
+
+
+def test_info_describes_a_calibration(fitted, capsys):
+    root, prior, meas, result, out = fitted
+    capsys.readouterr()
+    assert invdiff("info", out, "--json") == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["kind"] == "calibration" and described["scale"] == json.loads(out.read_text())["scale"]
+
+
+def test_other_operator_settings_warn_but_run(fitted, tmp_path, capsys):
+    root, prior, meas, result, out = fitted
+    other = tmp_path / "ct24.h5"
+    assert invdiff("simulate", root / "refs.npy", "--operator", "radon", "--views", "24", "--noise-rel", "0.02", "--out", other, "-q") == 0
+    capsys.readouterr()
+    assert invdiff("reconstruct", other, "--prior", prior, *RECON[:-1], "--calibration", out, "--out", tmp_path / "r.h5") == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "views" in err and "noise" not in err
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert json.loads(f.attrs["invdiff_provenance"])["calibration"]["operator_settings_differ"] == ["views"]
+
+
+def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path):
+    import shutil
+
+    root, prior, meas, result, out = fitted
+    shipped = tmp_path / "prior"
+    shutil.copytree(prior, shipped)
+    (shipped / "calibration").mkdir()
+    shutil.copy(out, shipped / "calibration" / "ct12.json")
+    scale = json.loads(out.read_text())["scale"]
+    with h5py.File(result) as f:
+        std = f["std"][()]
+
+    def run(measurement, *extra):
+        dst = tmp_path / f"r{len(list(tmp_path.glob('r*.h5')))}.h5"
+        assert invdiff("reconstruct", measurement, "--prior", shipped, *RECON, *extra, "--out", dst) == 0
+        with h5py.File(dst) as f:
+            return f["std"][()], json.loads(f.attrs["invdiff_provenance"])
+
+    std_auto, prov = run(meas)  # --calibration auto is the default
+    assert np.allclose(std_auto, scale * std, rtol=1e-6)
+    assert prov["calibration"]["file"] == str(shipped / "calibration" / "ct12.json")
+    assert prov["prior"]["path"] == str(shipped)
+    std_none, prov = run(meas, "--calibration", "none")
+    assert np.allclose(std_none, std) and "calibration" not in prov
+    _, prov = run(meas, "--samples", "3")  # another K: no shipped calibration fits
+    assert "calibration" not in prov
+    other = tmp_path / "ct24.h5"
+    assert invdiff("simulate", root / "refs.npy", "--operator", "radon", "--views", "24", "--noise-rel", "0.02", "--out", other, "-q") == 0
+    _, prov = run(other)  # other views: none fits either
+    assert "calibration" not in prov
