@@ -65,6 +65,9 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
                 str(HERE / "bench_reconstruct.py"), "--set", image_set, "--settings", "ct30,ct60,mri4x,mri8x,blur",
                 "--slices", "6", "--samples", "4", *dev, "--solvers", "default", "--methods", "tv",
                 "--calibrate", "19", "--calibration-set", cal_sets]
+        brain["recon-calibrated-microscopy"] = py + [
+            str(HERE / "bench_reconstruct.py"), "--set", "microscopy", "--settings", "blur", "--slices", "6", "--samples", "4",
+            *dev, "--solvers", "default", "--methods", "tv", "--prior", "auto", "--calibrate", "19"]
     return {
         "radon-speed": py + [str(HERE / "bench_radon.py"), "--sizes", "128", *([] if quick else ["256"]),
                              "--threads", "2", *([] if quick else ["1"]), "--repeats", "3" if quick else "5"],

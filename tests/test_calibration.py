@@ -102,6 +102,15 @@ def test_settings_summary_and_tolerance():
     assert calib.settings_differ(cal, near) == []
     far = {**op, "params": {**op["params"], "mask": np.ones((4, 4)), "acceleration": 8}}
     assert calib.settings_differ(cal, far) == ["acceleration", "sampled_fraction"]
+    # a PSF is summarised by its rms radius: sqrt(2) sigma for a Gaussian of std sigma
+    yy, xx = np.mgrid[-12:13, -12:13]
+    for sigma in (1.0, 2.0):
+        psf = np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+        assert calib.psf_width(psf) == pytest.approx(np.sqrt(2) * sigma, rel=1e-3)
+    blur = {"name": "blur", "params": {"image_shape": [1, 4, 4], "psf": np.exp(-(xx**2 + yy**2) / 8.0)}}
+    cal_blur = calib.Calibration(**{**cal.__dict__, "operator": "blur", "operator_settings": calib.operator_settings(blur)})
+    wider = {"name": "blur", "params": {"image_shape": [1, 4, 4], "psf": np.exp(-(xx**2 + yy**2) / 18.0)}}
+    assert calib.settings_differ(cal_blur, blur) == [] and calib.settings_differ(cal_blur, wider) == ["psf_width_px"]
 
 
 # --- the command line ---------------------------------------------------------------------

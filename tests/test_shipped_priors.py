@@ -54,3 +54,34 @@ def test_shipped_prior_denoises(name):
         with torch.no_grad():
             denoised = prior(noisy, sigma)
         assert float((denoised - x).square().mean()) < 0.5 * float((noisy - x).square().mean())
+
+
+CALIBRATED = [(name, path.name) for name in SHIPPED for path in sorted((PRIORS_DIR / name / "calibration").glob("*.json"))]
+
+
+@pytest.mark.parametrize("name,file", CALIBRATED)
+def test_shipped_calibrations_fit_their_prior(name, file):
+    """Each shipped calibration (examples/calibrate_priors.py) names the shipped weights, the
+    default solver of its operator and K = 4, so `--calibration auto` can apply it; a retrained
+    prior without new calibrations fails here."""
+    from invdiff.pipeline.calibration import min_images, read_calibration
+    from invdiff.pipeline.defaults import default_solver_for
+
+    cal = read_calibration(PRIORS_DIR / name / "calibration" / file)
+    assert cal.prior_checksum == load_prior(PRIORS_DIR / name).checksum
+    assert cal.solver == default_solver_for(cal.operator) and cal.samples == 4 and cal.std_window == 1
+    assert cal.images >= min_images(cal.alpha) and 0 < cal.scale < 10 and cal.z == 2.0
+    assert cal.risk_calibrated <= (cal.alpha * (cal.images + 1) - 1) / cal.images + 1e-12
+
+
+def test_the_readme_sample_gets_the_shipped_8x_calibration():
+    from invdiff.io.hdf5 import read_measurement
+    from invdiff.pipeline.calibration import shipped_calibration
+
+    assert ("brain128", "mri8x.json") in CALIBRATED
+    m = read_measurement(SAMPLE.parent / "brain_mri8x.h5")
+    prior = load_prior(PRIORS_DIR / "brain128")
+    pipeline = {"solver": "diffpir", "samples": 4, "std_window": 1, "operator": "mri", "prior_checksum": prior.checksum}
+    found = shipped_calibration(prior.path, pipeline, m.operator)
+    assert found is not None and found[1].name == "mri8x.json"
+    assert shipped_calibration(prior.path, {**pipeline, "samples": 8}, m.operator) is None

@@ -136,15 +136,17 @@ def calibrate(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: fl
 def operator_settings(operator: dict[str, Any]) -> dict[str, Any]:
     """The scalar parameters of an operator description, which name its setting; its arrays are
     summarised (the view count of the angles, the sampled fraction of an MRI mask, the coil
-    count of its maps)."""
+    count of its maps, the width of a PSF)."""
     params = operator.get("params", {}) if isinstance(operator, dict) else {}
     out: dict[str, Any] = {}
     for key, value in sorted(params.items()):
         if key == "noise" and isinstance(value, dict):
             out[key] = {k: v for k, v in value.items() if isinstance(v, (bool, int, float, str))}
-        elif key in ("angles_deg", "mask", "coil_maps") and isinstance(value, (list, tuple, np.ndarray)):
+        elif key in ("angles_deg", "mask", "coil_maps", "psf") and isinstance(value, (list, tuple, np.ndarray)):
             array = np.asarray(value)
-            if key == "angles_deg":
+            if key == "psf" and array.ndim == 2 and array.sum() > 0:
+                out["psf_width_px"] = round(psf_width(array), 3)
+            elif key == "angles_deg":
                 out["views"] = int(array.size)
             elif key == "mask" and array.size:
                 out["sampled_fraction"] = round(float(np.mean(array != 0)), 4)
@@ -153,6 +155,16 @@ def operator_settings(operator: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, (bool, int, float, str)) and not isinstance(value, np.ndarray):
             out[key] = value
     return out
+
+
+def psf_width(psf: np.ndarray) -> float:
+    """The rms radius of a PSF ``(h, w)`` in pixels, sqrt(sum p(r) |r - centroid|^2 / sum p)
+    (a Gaussian of std s: sqrt(2) s)."""
+    p = np.clip(np.asarray(psf, np.float64), 0, None)
+    p = p / p.sum()
+    yy, xx = np.indices(p.shape)
+    cy, cx = (p * yy).sum(), (p * xx).sum()
+    return float(np.sqrt((p * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum()))
 
 
 def _same(a: Any, b: Any, rel: float = 0.2) -> bool:

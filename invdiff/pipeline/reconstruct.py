@@ -11,7 +11,8 @@ the "operator + prior -> solver" step for a whole stack of slices:
   a fixed window, the window sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
   ``operator.scaled(scale)``.
   The result is the mean of the K samples (``reconstruction``) and their standard deviation
-  (``std``, the per-pixel posterior uncertainty).
+  (``std``, the per-pixel posterior uncertainty), times the scale of a calibration when one is
+  given or shipped with the prior for this run (invdiff/pipeline/calibration.py).
 """
 
 from __future__ import annotations
