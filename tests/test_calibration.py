@@ -244,3 +244,13 @@ def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path)
     assert invdiff("simulate", root / "refs.npy", "--operator", "radon", "--views", "24", "--noise-rel", "0.02", "--out", other, "-q") == 0
     _, prov = run(other)  # other views: none fits either
     assert "calibration" not in prov
+
+
+@pytest.mark.parametrize("field,value", [("operator_settings", 5), ("prior_checksum", 3), ("z", "x"), ("samples", True),
+                                         ("scale", float("nan")), ("kind", "other"), ("version", 99)])
+def test_a_malformed_calibration_file_is_one_sentence(fitted, tmp_path, capsys, field, value):
+    root, prior, meas, result, out = fitted
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(out.read_text()), field: value}))
+    expect_bad(tmp_path, capsys, ["info", bad], bad)
+    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *RECON, "--calibration", bad, "--out", tmp_path / "r.h5"], bad)

@@ -271,4 +271,10 @@ def read_calibration(path: Path) -> Calibration:
             raise InputError(f"{path}: '{key}' must be a whole number >= 1, got {value!r}.")
     if not isinstance(cal.solver, str) or not isinstance(cal.operator, str):
         raise InputError(f"{path}: 'solver' and 'operator' must be names.")
+    if not isinstance(cal.operator_settings, dict) or not (cal.prior_checksum is None or isinstance(cal.prior_checksum, str)):
+        raise InputError(f"{path}: 'operator_settings' must be an object and 'prior_checksum' a string.")
+    for key in ("alpha", "z", "risk_calibrated", "risk_uncalibrated"):
+        value = getattr(cal, key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise InputError(f"{path}: '{key}' must be a finite number, got {value!r}.")
     return cal
