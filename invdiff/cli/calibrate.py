@@ -20,7 +20,7 @@ from invdiff.errors import InputError
         "slice is one calibration image; at least 1/ALPHA - 1 are needed (9 at ALPHA = 0.1).\n\n"
         "Examples:\n\n"
         "  invdiff simulate refs.npy --operator mri --acceleration 8 --noise-std 0.005 --out cal_kspace.h5   (20+ slices)\n\n"
-        "  invdiff reconstruct cal_kspace.h5 --samples 4 --out cal.h5\n\n"
+        "  invdiff reconstruct cal_kspace.h5 --samples 4 --calibration none --out cal.h5\n\n"
         "  invdiff calibrate cal.h5 --alpha 0.1 --out mri8x.json\n\n"
         "  invdiff reconstruct new.h5 --samples 4 --calibration mri8x.json --out recon.h5"
     )
