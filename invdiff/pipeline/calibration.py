@@ -184,7 +184,7 @@ def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(provenance, dict) or not provenance.get("solver"):
         raise InputError(f"{source}: not a diffusion-prior result (no solver in its provenance); a classical method has no std to calibrate.")
     if provenance.get("calibration"):
-        raise InputError(f"{source}: its std is already calibrated; calibrate on results written without --calibration.")
+        raise InputError(f"{source}: its std is already calibrated; calibrate on results written with --calibration none.")
     operator = provenance.get("operator") or {}
     prior = provenance.get("prior") or {}
     return {
