@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 from invdiff import metrics  # noqa: E402
+from invdiff.pipeline.calibration import calibrate  # noqa: E402
 from invdiff.pipeline.defaults import default_solver_for  # noqa: E402
 from invdiff.pipeline.geometry import GeometryOptions  # noqa: E402
 from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior  # noqa: E402
@@ -127,8 +128,12 @@ def calibration_slices(images: np.ndarray, n: int, exclude) -> np.ndarray:
     return images[rest[pick_indices(len(rest), n)]]
 
 
+def magnitude(rec: np.ndarray) -> np.ndarray:
+    return np.abs(rec) if np.iscomplexobj(rec) else rec
+
+
 def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None, samples: int = 1) -> dict:
-    rec = np.abs(rec) if np.iscomplexobj(rec) else rec
+    rec = magnitude(rec)
     psnr = metrics.psnr_per_slice(truth, rec, 1.0)
     ssim = metrics.ssim_per_slice(truth, rec, 1.0)
     out = {"psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim))}
@@ -230,16 +235,13 @@ def main() -> None:
                 }
             )
             for c in cal_sets:  # the same pipeline on the calibration slices, then the scale on the scored ones
-                from invdiff.pipeline.calibration import calibrate
-
                 truth = cal_images[c]
                 mc = simulate(truth * unit, op_name, geometry_for(geometry), seed=1, device="cpu", **noise)
                 rc = run_prior(mc, s, prior_for(op_name), device)
-                rec_c = np.abs(rc.reconstruction) if np.iscomplexobj(rc.reconstruction) else rc.reconstruction
-                scale, _, _ = calibrate(list(zip(truth, rec_c / unit, rc.std / unit)), args.alpha)
-                rec = np.abs(res.reconstruction) if np.iscomplexobj(res.reconstruction) else res.reconstruction
+                scale, _, _ = calibrate(list(zip(truth, magnitude(rc.reconstruction) / unit, rc.std / unit)), args.alpha)
                 rows[-1][f"scale_{c}"] = scale
-                rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, rec / unit, scale * res.std / unit, 2.0)
+                rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, magnitude(res.reconstruction) / unit,
+                                                                      scale * res.std / unit, 2.0)
             _print(rows[-1], cal_sets)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))

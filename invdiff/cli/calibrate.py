@@ -40,13 +40,14 @@ def calibrate(
     from invdiff.io.atomic import atomic_write_text
     from invdiff.io.hdf5 import read_result
     from invdiff.pipeline.calibration import Calibration, calibrate as fit, check_alpha, operator_settings, pipeline_of
-    from invdiff.pipeline.evaluate import load_reference
+    from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume
+    from invdiff.pipeline.inputs import HDF5_SUFFIXES
 
     check_alpha(alpha)
     check_output(out)
     files: list[Path] = []
     for p in results:
-        files.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in (".h5", ".hdf5")) if p.is_dir() else [p])
+        files.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in HDF5_SUFFIXES) if p.is_dir() else [p])
     if not files:
         raise InputError(f"{results[0]}: folder holds no .h5 result files.")
     if reference is not None and len(files) > 1:
@@ -58,22 +59,16 @@ def calibrate(
         prov = res["provenance"]
         pipeline = pipeline_of(prov, str(path))
         if first is None:
-            settings = prov.get("operator_settings")
-            first, settings = pipeline, settings if isinstance(settings, dict) else operator_settings(prov.get("operator") or {})
+            first, settings = pipeline, prov.get("operator_settings")
+            if not isinstance(settings, dict):  # a result of an invdiff that did not record them
+                settings = operator_settings(prov.get("operator") or {})
         elif pipeline != first:
             differ = [k for k in first if first[k] != pipeline[k]]
             raise InputError(f"{path}: made with another {', '.join(differ)} than {files[0]}; calibrate one pipeline at a time.")
         if res["std"] is None:
             raise InputError(f"{path}: holds no 'std'; reconstruct with a prior and --samples 2 or more.")
-        ref_path = reference
-        if ref_path is None:
-            source = prov.get("input")
-            if not source or not Path(source).exists():
-                raise InputError(f"{path}: its input file is not available to take the ground truth from; give --reference.")
-            ref_path = Path(source)
-        truth, _ = load_reference(require_file(ref_path, "reference"), key)
-        truth = abs(truth) if truth.dtype.kind == "c" else truth
-        truth = truth[None] if truth.ndim == 2 else truth
+        ref_path = require_file(reference_path(path, prov, reference), "reference")
+        truth = reference_volume(load_reference(ref_path, key)[0])
         if truth.shape != res["reconstruction"].shape:
             raise InputError(f"{ref_path}: the reference has shape {truth.shape} but the reconstruction in {path} has "
                              f"{res['reconstruction'].shape}.")

@@ -37,16 +37,11 @@ def evaluate(
     """Compare a reconstruction with a reference image."""
     from invdiff.io.hdf5 import read_measurement, read_result
     from invdiff.pipeline.evaluate import evaluate as run_evaluate
-    from invdiff.pipeline.evaluate import load_reference
+    from invdiff.pipeline.evaluate import load_reference, reference_path
 
     require_file(result, "result")
     res = read_result(result)
-    if reference is None:
-        source = (res["provenance"] or {}).get("input") if isinstance(res["provenance"], dict) else None
-        if not source or not Path(source).exists():
-            raise InputError(f"{result}: give --reference; the result's input file is not available to take the ground truth from.")
-        reference = Path(source)
-    require_file(reference, "reference")
+    reference = require_file(reference_path(result, res["provenance"], reference), "reference")
     ref, m = load_reference(reference, key)
     if measurement is not None:
         m = read_measurement(require_file(measurement, "measurement"))

@@ -30,6 +30,7 @@ and none otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -178,6 +179,13 @@ def _same(a: Any, b: Any, rel: float = 0.2) -> bool:
     return a == b
 
 
+def pipeline(solver: str, samples: int, std_window: int, operator: str, prior_checksum: str | None) -> dict[str, Any]:
+    """What a calibration must match (check_fits): the run's solver, K, std window, operator
+    name and prior weights."""
+    return {"solver": solver, "samples": samples, "std_window": std_window, "operator": operator,
+            "prior_checksum": prior_checksum}
+
+
 def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
     """What a calibration must match, from a result's provenance (InputError if it is not a
     prior's result with a std)."""
@@ -187,13 +195,8 @@ def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
         raise InputError(f"{source}: its std is already calibrated; calibrate on results written with --calibration none.")
     operator = provenance.get("operator") or {}
     prior = provenance.get("prior") or {}
-    return {
-        "solver": str(provenance["solver"]),
-        "samples": int(provenance.get("samples", 1)),
-        "std_window": int(provenance.get("std_window", 1)),
-        "operator": str(operator.get("name", "")),
-        "prior_checksum": prior.get("checksum"),
-    }
+    return pipeline(str(provenance["solver"]), int(provenance.get("samples", 1)), int(provenance.get("std_window", 1)),
+                    str(operator.get("name", "")), prior.get("checksum"))
 
 
 def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
@@ -227,14 +230,21 @@ def record(cal: Calibration, path: Path | None, differ: list[str]) -> dict[str, 
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _shipped(prior_dir: str) -> tuple[tuple[Calibration, Path], ...]:
+    """The parsed ``calibration/*.json`` of a prior directory, read once per process (a batch
+    run over many files asks for them once per file)."""
+    folder = Path(prior_dir) / "calibration"
+    return tuple((read_calibration(path), path) for path in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
+
+
 def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any]
                         ) -> tuple[Calibration, Path] | None:
     """The first ``calibration/*.json`` of a prior directory that fits this run exactly (same
     pipeline, operator settings within 20 %), or None."""
-    if prior_dir is None or not (Path(prior_dir) / "calibration").is_dir():
+    if prior_dir is None:
         return None
-    for path in sorted((Path(prior_dir) / "calibration").glob("*.json")):
-        cal = read_calibration(path)
+    for cal, path in _shipped(str(prior_dir)):
         try:
             check_fits(cal, pipeline, str(path))
         except InputError:

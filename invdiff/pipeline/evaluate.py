@@ -38,6 +38,23 @@ def load_reference(path: Path, key: str | None = None) -> tuple[np.ndarray, Meas
     return read_images(path, key=key).data, None
 
 
+def reference_path(result: Path, provenance: dict[str, Any], reference: Path | None) -> Path:
+    """``reference`` when given, else the result's input file (a simulated measurement holds its
+    ground truth); InputError when that file is gone."""
+    if reference is not None:
+        return reference
+    source = provenance.get("input") if isinstance(provenance, dict) else None
+    if not source or not Path(source).exists():
+        raise InputError(f"{result}: give --reference; the result's input file is not available to take the ground truth from.")
+    return Path(source)
+
+
+def reference_volume(reference: np.ndarray) -> np.ndarray:
+    """A reference as the ``(slices, H, W)`` magnitude volume results are compared with."""
+    ref = np.abs(reference) if np.iscomplexobj(reference) else reference
+    return ref[None] if ref.ndim == 2 else ref
+
+
 def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float]:
     """||A x - y|| / ||y|| and the discrepancy ratio ||A x - y||^2 / E||noise||^2 (about 1 for a
     reconstruction that fits the data to the noise level; Morozov's discrepancy principle)."""
@@ -70,9 +87,7 @@ def data_residual(m: Measurement, reconstruction: np.ndarray) -> dict[str, float
 def evaluate(result: dict[str, Any], reference: np.ndarray, *, data_range: float | None, m: Measurement | None) -> dict[str, Any]:
     """PSNR / SSIM / NMSE (fastMRI definitions), coverage of the std, residual."""
     rec = result["reconstruction"]
-    ref = np.abs(reference) if np.iscomplexobj(reference) else reference
-    if ref.ndim == 2:
-        ref = ref[None]
+    ref = reference_volume(reference)
     if ref.shape != rec.shape:
         raise InputError(f"the reference has shape {ref.shape} but the reconstruction has {rec.shape}.")
     rng = metrics.data_range_of(ref, data_range)

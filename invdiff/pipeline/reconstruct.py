@@ -27,6 +27,7 @@ import torch
 from invdiff.errors import DivergenceError, InputError, naming
 from invdiff.io.hdf5 import Measurement
 from invdiff.operators.base import Operator, build_operator, to_complex
+from invdiff.pipeline import calibration as calib
 from invdiff.pipeline.operator_cache import cached_operator
 from invdiff.pipeline.pooling import check_window, pooled_std
 from invdiff.pipeline.units import PriorUnits, ShiftedDenoiser, window_units
@@ -267,11 +268,8 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     source = str(m.source or "measurement")
     op_for = slice_operators(m, device)
     check_prior_fits(prior, op_for(0), source)
-    from invdiff.pipeline import calibration as calib
-
     operator_summary = calib.operator_settings(m.operator)  # views, sampled fraction, noise: for calibrate
-    pipeline = {"solver": s.solver, "samples": s.samples, "std_window": s.std_window, "operator": m.operator["name"],
-                "prior_checksum": getattr(prior, "checksum", None)}
+    pipeline = calib.pipeline(s.solver, s.samples, s.std_window, m.operator["name"], getattr(prior, "checksum", None))
     calibration = None
     if s.calibration == "auto":  # a calibration shipped with the prior, if one fits this run
         found = calib.shipped_calibration(getattr(prior, "path", None), pipeline, m.operator)
