@@ -73,6 +73,19 @@ def test_same_seed_same_measurement(tmp_path, brain64):
         assert np.array_equal(fa["sinogram"][()], fb["sinogram"][()])
 
 
+def test_simulated_kspace_is_zero_where_unsampled(tmp_path, brain64):
+    """Like a scanner's file: noise on the sampled lines, exact zeros on the others."""
+    out = tmp_path / "k.h5"
+    assert invdiff("simulate", brain64, "--operator", "mri", "--acceleration", "4", "--noise-std", "0.01",
+                   "--seed", "2", "--out", out, "-q") == 0
+    with h5py.File(out) as f:
+        kspace = f["kspace"][()]
+        lines = np.broadcast_to(f["mask"][()].astype(bool), kspace.shape[-2:])
+    assert 0 < lines.mean() < 0.5
+    assert np.all(kspace[..., ~lines] == 0)
+    assert np.all(kspace[..., lines] != 0)
+
+
 def _bad(tmp_path, capsys, *args) -> str:
     before = set(tmp_path.rglob("*"))
     code = invdiff(*args)

@@ -157,7 +157,7 @@ class Operator(ABC):
         """0/1 weights broadcastable to ``(B, *measurement_shape)`` that mark the entries the
         operator measures (MRI: the k-space mask), or None when it measures every entry.
 
-        Entries outside carry no data (scanner files hold zeros there, simulated files noise):
+        Entries outside carry no data (scanner files and `invdiff simulate` hold zeros there):
         the likelihood weights, the discrepancy principle and the data residual leave them out.
         """
         return None

@@ -67,6 +67,10 @@ def simulate(
     )
     generator = torch.Generator().manual_seed(int(seed))
     noisy = noise.sample(clean, generator)
+    sampled = op.sampled()
+    if sampled is not None:
+        # A scanner records nothing where it does not sample: zeros there, as in its files.
+        noisy = noisy * sampled.to(noisy.real.dtype)
     params["noise"] = noise.params()
     data = noisy.numpy().astype(np.complex64 if noisy.is_complex() else np.float32)
     truth = images.astype(np.complex64 if np.iscomplexobj(images) else np.float32)
