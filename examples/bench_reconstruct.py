@@ -28,7 +28,9 @@ operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --pri
 ``--calibrate N --calibration-set heldout,other`` also fits, per solver row and calibration
 set, the std scale of ``invdiff calibrate`` (conformal risk control at ``--alpha``,
 invdiff/pipeline/calibration.py) on N slices of that set that are not among the scored ones,
-and reports the 2-std coverage of the scaled std on the scored slices.
+and reports the 2-std coverage of the scaled std on the scored slices. ``--shipped-calibration``
+reports it with the scale shipped with the prior (``<prior>/calibration/*.json``, what
+``invdiff reconstruct --calibration auto`` applies; ``-`` where none fits the row).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
 from invdiff import metrics  # noqa: E402
-from invdiff.pipeline.calibration import calibrate  # noqa: E402
+from invdiff.pipeline.calibration import calibrate, pipeline, shipped_calibration  # noqa: E402
 from invdiff.pipeline.defaults import default_solver_for  # noqa: E402
 from invdiff.pipeline.geometry import GeometryOptions  # noqa: E402
 from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior  # noqa: E402
@@ -161,6 +163,8 @@ def main() -> None:
     parser.add_argument("--calibrate", type=int, default=0, help="calibration slices per calibration set (0: none)")
     parser.add_argument("--calibration-set", default=None, help="comma list of sets to calibrate on (default: --set)")
     parser.add_argument("--alpha", type=float, default=0.1, help="target miscoverage of the calibration")
+    parser.add_argument("--shipped-calibration", action="store_true",
+                        help="also report the 2-std coverage with the calibration shipped with the prior for each row")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -200,9 +204,10 @@ def main() -> None:
     if cal_sets:
         print(f"# calibration: {args.calibrate} slices of {', '.join(cal_sets)} (not the scored ones), alpha={args.alpha:g}, "
               "2 std scaled by each set's conformal scale")
-    extra = "".join(f" scale, cal. {c} | coverage 2 std, cal. {c} |" for c in cal_sets)
+    columns = cal_sets + (["shipped"] if args.shipped_calibration else [])
+    extra = "".join(f" scale, cal. {c} | coverage 2 std, cal. {c} |" for c in columns)
     print("| setting | method | PSNR (dB) | SSIM | coverage 2 std | coverage 95 % pred. | NFE/sample | s/slice | peak MiB |" + extra)
-    print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(cal_sets))
+    print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(columns))
     for key in args.settings.split(","):
         op_name, geometry, noise, methods = SETTINGS[key]
         unit = UNITS.get(key, 1.0)
@@ -215,7 +220,7 @@ def main() -> None:
             sec = (time.perf_counter() - start) / len(images)
             rows.append({"setting": key, "method": method, "nfe": 0, "s_per_slice": sec, "peak_mib": peak_mib(device),
                          **score(images, res.reconstruction / unit, None)})
-            _print(rows[-1], cal_sets)
+            _print(rows[-1], columns)
         for solver in [s for s in args.solvers.split(",") if s]:
             name = default_solver_for(op_name) if solver == "default" else solver
             label = f"default = {name}" if solver == "default" else solver
@@ -242,7 +247,15 @@ def main() -> None:
                 rows[-1][f"scale_{c}"] = scale
                 rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, magnitude(res.reconstruction) / unit,
                                                                       scale * res.std / unit, 2.0)
-            _print(rows[-1], cal_sets)
+            if args.shipped_calibration:  # what `invdiff reconstruct --calibration auto` would apply
+                prior = prior_for(op_name)
+                found = shipped_calibration(getattr(prior, "path", None), pipeline(name, args.samples, 1, op_name, prior.checksum),
+                                            m.operator)
+                if found:
+                    rows[-1]["scale_shipped"] = found[0].scale
+                    rows[-1]["coverage_2std_cal_shipped"] = metrics.coverage(
+                        images, magnitude(res.reconstruction) / unit, found[0].scale * res.std / unit, 2.0)
+            _print(rows[-1], columns)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))
 

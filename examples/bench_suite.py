@@ -59,7 +59,7 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
     if not quick:
         brain["recon-solvers"] = py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--settings", "ct30,mri8x",
                                        "--slices", "3", "--samples", "4", *dev, "--solvers", OTHER_SOLVERS,
-                                       "--methods", "tv"]
+                                       "--methods", "tv", "--shipped-calibration"]
         for image_set, cal_sets in (("heldout", "heldout"), ("other", "heldout,other")):  # calibrated std
             brain[f"recon-calibrated-{image_set}"] = py + [
                 str(HERE / "bench_reconstruct.py"), "--set", image_set, "--settings", "ct30,ct60,mri4x,mri8x,blur",

@@ -2,10 +2,13 @@
 
     python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_microscopy.py
     python examples/calibrate_priors.py [--prior brain128] [--settings ct30,mri8x] [--slices 19]
+    python examples/calibrate_priors.py --prior brain128 --settings ct30,mri8x --solvers pc,dps
 
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
-with the prior and the default solver (K = 4), and ``invdiff calibrate --alpha 0.1``. The
+with the prior and the default solver (K = 4; or each of ``--solvers`` at its own defaults),
+and ``invdiff calibrate --alpha 0.1``. The default solver's file is ``<setting>.json``, another
+solver's ``<setting>.<solver>.json``. The
 calibration slices are held-out slices the benchmark does NOT score: ``--slices`` of them spread
 over the rest of the set (bench_reconstruct.py --calibrate uses the same ones). ``invdiff
 reconstruct --calibration auto`` (its default) then applies the file whose pipeline and
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--settings", default=None, help="comma list (default: every setting of the prior)")
     parser.add_argument("--slices", type=int, default=19)
     parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--solvers", default="default", help="comma list: 'default' (no --solver) and solver names")
     args = parser.parse_args()
     image_set, settings = PRIORS[args.prior]
     settings = args.settings.split(",") if args.settings else settings
@@ -66,15 +70,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / "truth.npy", truth)
-        for key in settings:
-            meas, result, out = tmp / f"{key}.h5", tmp / f"{key}_recon.h5", out_dir / f"{key}.json"
-            invdiff("simulate", tmp / "truth.npy", *SIMULATE[key], "--seed", "1", "--out", meas, "-q")
-            invdiff("reconstruct", meas, "--prior", prior, "--samples", "4", "--calibration", "none", "--device", "cpu",
-                    "--out", result, "-q")
+        for key, solver in [(key, solver) for key in settings for solver in args.solvers.split(",")]:
+            name = key if solver == "default" else f"{key}.{solver}"
+            meas, result, out = tmp / f"{key}.h5", tmp / f"{name}_recon.h5", out_dir / f"{name}.json"
+            if not meas.exists():
+                invdiff("simulate", tmp / "truth.npy", *SIMULATE[key], "--seed", "1", "--out", meas, "-q")
+            chosen = [] if solver == "default" else ["--solver", solver]
+            invdiff("reconstruct", meas, "--prior", prior, *chosen, "--samples", "4", "--calibration", "none",
+                    "--device", "cpu", "--out", result, "-q")
             invdiff("calibrate", result, "--alpha", args.alpha, "--out", out, "-q")
             cal = json.loads(out.read_text())
             cal["sources"] = [f"{args.slices} held-out slices of the {image_set} set not scored by the benchmark, "
-                              f"simulated with: invdiff simulate {' '.join(SIMULATE[key])} --seed 1 "
+                              f"simulated with: invdiff simulate {' '.join(SIMULATE[key])} --seed 1; reconstructed with: "
+                              f"invdiff reconstruct {' '.join(chosen + ['--samples', '4'])} "
                               f"(examples/calibrate_priors.py --prior {args.prior})"]
             out.write_text(json.dumps(cal, indent=1) + "\n")
             print(f"{out.relative_to(REPO)}: scale {cal['scale']:.3f}; 2 std covered {1 - cal['risk_uncalibrated']:.1%} "

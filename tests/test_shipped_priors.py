@@ -61,15 +61,17 @@ CALIBRATED = [(name, path.name) for name in SHIPPED for path in sorted((PRIORS_D
 
 @pytest.mark.parametrize("name,file", CALIBRATED)
 def test_shipped_calibrations_fit_their_prior(name, file):
-    """Each shipped calibration (examples/calibrate_priors.py) names the shipped weights, the
-    default solver of its operator and K = 4, so `--calibration auto` can apply it; a retrained
+    """Each shipped calibration (examples/calibrate_priors.py) names the shipped weights, K = 4
+    and the solver its file name says (``<setting>.json``: the default solver of its operator;
+    ``<setting>.<solver>.json``: that solver), so `--calibration auto` can apply it; a retrained
     prior without new calibrations fails here."""
     from invdiff.pipeline.calibration import min_images, read_calibration
     from invdiff.pipeline.defaults import default_solver_for
 
     cal = read_calibration(PRIORS_DIR / name / "calibration" / file)
     assert cal.prior_checksum == load_prior(PRIORS_DIR / name).checksum
-    assert cal.solver == default_solver_for(cal.operator) and cal.samples == 4 and cal.std_window == 1
+    solver = file.removesuffix(".json").partition(".")[2] or default_solver_for(cal.operator)
+    assert cal.solver == solver and cal.samples == 4 and cal.std_window == 1
     assert cal.images >= min_images(cal.alpha) and 0 < cal.scale < 10 and cal.z == 2.0
     assert cal.risk_calibrated <= (cal.alpha * (cal.images + 1) - 1) / cal.images + 1e-12
 
@@ -85,3 +87,10 @@ def test_the_readme_sample_gets_the_shipped_8x_calibration():
     found = shipped_calibration(prior.path, pipeline, m.operator)
     assert found is not None and found[1].name == "mri8x.json"
     assert shipped_calibration(prior.path, {**pipeline, "samples": 8}, m.operator) is None
+    others = [file.split(".")[1] for name, file in CALIBRATED if name == "brain128" and file.startswith("mri8x.")
+              and file != "mri8x.json"]
+    assert "pc" in others
+    for solver in others:  # another solver gets its own file, not the default's
+        found = shipped_calibration(prior.path, {**pipeline, "solver": solver}, m.operator)
+        assert found is not None and found[1].name == f"mri8x.{solver}.json" and found[0].solver == solver
+    assert shipped_calibration(prior.path, {**pipeline, "solver": "langevin"}, m.operator) is None
