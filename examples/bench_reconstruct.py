@@ -239,22 +239,21 @@ def main() -> None:
                     **score(images, res.reconstruction / unit, res.std / unit, args.samples),
                 }
             )
+            scales = {}
             for c in cal_sets:  # the same pipeline on the calibration slices, then the scale on the scored ones
                 truth = cal_images[c]
                 mc = simulate(truth * unit, op_name, geometry_for(geometry), seed=1, device="cpu", **noise)
                 rc = run_prior(mc, s, prior_for(op_name), device)
-                scale, _, _ = calibrate(list(zip(truth, magnitude(rc.reconstruction) / unit, rc.std / unit)), args.alpha)
-                rows[-1][f"scale_{c}"] = scale
-                rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, magnitude(res.reconstruction) / unit,
-                                                                      scale * res.std / unit, 2.0)
+                scales[c], _, _ = calibrate(list(zip(truth, magnitude(rc.reconstruction) / unit, rc.std / unit)), args.alpha)
             if args.shipped_calibration:  # what `invdiff reconstruct --calibration auto` would apply
                 prior = prior_for(op_name)
-                found = shipped_calibration(getattr(prior, "path", None), pipeline(name, args.samples, 1, op_name, prior.checksum),
-                                            m.operator)
+                found = shipped_calibration(prior.path, pipeline(name, args.samples, 1, op_name, prior.checksum), m.operator)
                 if found:
-                    rows[-1]["scale_shipped"] = found[0].scale
-                    rows[-1]["coverage_2std_cal_shipped"] = metrics.coverage(
-                        images, magnitude(res.reconstruction) / unit, found[0].scale * res.std / unit, 2.0)
+                    scales["shipped"] = found[0].scale
+            mean = magnitude(res.reconstruction) / unit
+            for c, scale in scales.items():
+                rows[-1][f"scale_{c}"] = scale
+                rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, mean, scale * res.std / unit, 2.0)
             _print(rows[-1], columns)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))
