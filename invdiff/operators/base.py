@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import numpy as np
@@ -227,6 +228,19 @@ class ScaledOperator(Operator):
 
     def to(self, device=None, dtype=None):
         return ScaledOperator(self.base.to(device, dtype), self.scale)
+
+
+def check_params(operator: str, params: Any, allowed: Collection[str], required: Collection[str]) -> None:
+    """Raise InputError unless ``params`` is a dict with every ``required`` key and no key
+    outside ``allowed`` (the check each operator's ``from_config`` starts with)."""
+    if not isinstance(params, dict):
+        raise InputError(f"{operator} operator parameters must be a JSON object.")
+    unknown = set(params) - set(allowed)
+    if unknown:
+        raise InputError(f"unknown {operator} operator parameter(s): {', '.join(sorted(unknown))}.")
+    missing = [key for key in required if key not in params]
+    if missing:
+        raise InputError(f"the {operator} operator description lacks {', '.join(missing)}.")
 
 
 def build_operator(

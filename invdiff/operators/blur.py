@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
 from invdiff.errors import InputError
-from invdiff.operators.base import Operator
+from invdiff.operators.base import Operator, check_params
 from invdiff.operators.noise import NoiseModel
 
 BOUNDARIES = ("reflect", "periodic", "zero")
@@ -217,14 +217,7 @@ class BlurOperator(Operator):
     def from_config(
         cls, params: dict[str, Any], *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "BlurOperator":
-        if not isinstance(params, dict):
-            raise InputError("blur operator parameters must be a JSON object.")
-        unknown = set(params) - {"image_shape", "psf", "boundary", "noise"}
-        if unknown:
-            raise InputError(f"unknown blur operator parameter(s): {', '.join(sorted(unknown))}.")
-        missing = [key for key in ("image_shape", "psf") if key not in params]
-        if missing:
-            raise InputError(f"the blur operator description lacks {', '.join(missing)}.")
+        check_params("blur", params, {"image_shape", "psf", "boundary", "noise"}, ("image_shape", "psf"))
         return cls(
             image_shape=params["image_shape"],
             psf=params["psf"],

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from invdiff.errors import InputError
-from invdiff.operators.base import Operator, to_channels, to_complex
+from invdiff.operators.base import Operator, check_params, to_channels, to_complex
 from invdiff.operators.masks import random_line_mask
 from invdiff.operators.noise import NoiseModel
 
@@ -148,14 +148,7 @@ class MRIOperator(Operator):
     def from_config(
         cls, params: dict[str, Any], *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "MRIOperator":
-        if not isinstance(params, dict):
-            raise InputError("mri operator parameters must be a JSON object.")
-        unknown = set(params) - _PARAMS
-        if unknown:
-            raise InputError(f"unknown mri operator parameter(s): {', '.join(sorted(unknown))}.")
-        missing = [key for key in ("image_shape", "mask") if key not in params]
-        if missing:
-            raise InputError(f"the mri operator description lacks {', '.join(missing)}.")
+        check_params("mri", params, _PARAMS, ("image_shape", "mask"))
         return cls(
             image_shape=params["image_shape"],
             mask=params["mask"],

@@ -46,7 +46,7 @@ import scipy.sparse
 import torch
 
 from invdiff.errors import InputError
-from invdiff.operators.base import Operator
+from invdiff.operators.base import Operator, check_params
 from invdiff.operators.fbp_filters import FILTERS, fourier_filter, padded_length
 from invdiff.operators.fbp_filters import filter_sinogram as _filter_sinogram
 from invdiff.operators.noise import NoiseModel
@@ -330,14 +330,7 @@ class RadonOperator(Operator):
     def from_config(
         cls, params: dict[str, Any], *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "RadonOperator":
-        if not isinstance(params, dict):
-            raise InputError("radon operator parameters must be a JSON object.")
-        unknown = set(params) - set(PARAMS)
-        if unknown:
-            raise InputError(f"unknown radon operator parameter(s): {', '.join(sorted(unknown))}.")
-        missing = [key for key in ("image_shape", "angles_deg") if key not in params]
-        if missing:
-            raise InputError(f"the radon operator description lacks {', '.join(missing)}.")
+        check_params("radon", params, PARAMS, ("image_shape", "angles_deg"))
         return cls(
             image_shape=params["image_shape"],
             angles_deg=params["angles_deg"],
