@@ -3,6 +3,7 @@
     python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_microscopy.py
     python examples/calibrate_priors.py [--prior brain128] [--settings ct30,mri8x] [--slices 19]
     python examples/calibrate_priors.py --prior brain128 --settings ct30,mri8x --solvers pc,dps
+    python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers langevin   # > 1 h per setting
 
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
