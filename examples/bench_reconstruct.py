@@ -247,7 +247,8 @@ def main() -> None:
                 scales[c], _, _ = calibrate(list(zip(truth, magnitude(rc.reconstruction) / unit, rc.std / unit)), args.alpha)
             if args.shipped_calibration:  # what `invdiff reconstruct --calibration auto` would apply
                 prior = prior_for(op_name)
-                found = shipped_calibration(prior.path, pipeline(name, args.samples, 1, op_name, prior.checksum), m.operator)
+                ran = {k: res.info[k] for k in ("steps", "guidance", "options")}  # a file fitted at other steps does not apply
+                found = shipped_calibration(prior.path, pipeline(name, args.samples, 1, op_name, prior.checksum, ran), m.operator)
                 if found:
                     scales["shipped"] = found[0].scale
             mean = magnitude(res.reconstruction) / unit

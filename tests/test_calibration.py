@@ -138,6 +138,7 @@ def test_calibrate_writes_a_scale_that_reconstruct_applies(fitted, tmp_path, cap
     cal = json.loads(out.read_text())
     assert cal["kind"] == "invdiff_calibration" and cal["images"] == 12 and cal["solver"] == "dds"
     assert cal["samples"] == 2 and cal["operator"] == "radon" and cal["operator_settings"]["views"] == 12
+    assert cal["solver_settings"]["steps"] == 2 and cal["solver_settings"]["options"]["eta"] == 0.85  # dds's default eta
     with h5py.File(result) as f:
         truth, rec, std = f["reconstruction"][()], f["reconstruction"][()], f["std"][()]
     with h5py.File(meas) as f:
@@ -246,7 +247,44 @@ def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path)
     assert "calibration" not in prov
 
 
+def test_other_solver_settings_are_refused_or_not_applied(fitted, tmp_path, capsys):
+    """A scale fitted at 2 steps is not the scale of 3 steps or of another option: an explicit
+    file is refused, a shipped one is not applied; a file that predates solver_settings is
+    still taken (nothing to compare)."""
+    import shutil
+
+    root, prior, meas, result, out = fitted
+    base = ["--solver", "dds", "--samples", "2", "--device", "cpu", "-q"]
+    r = tmp_path / "r.h5"
+    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *base, "--steps", "3", "--calibration", out,
+                                  "--out", r], "--steps 2", "3")
+    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *base, "--steps", "2", "--option", "eta=0",
+                                  "--calibration", out, "--out", r], "eta=0.85", "eta=0")
+    shipped = tmp_path / "prior"
+    shutil.copytree(prior, shipped)
+    (shipped / "calibration").mkdir()
+    shutil.copy(out, shipped / "calibration" / "ct12.json")
+    for extra, applied in ([["--steps", "2"], True], [["--steps", "3"], False], [["--steps", "2", "--option", "eta=0"], False]):
+        dst = tmp_path / f"auto{len(extra)}{extra[1]}.h5"
+        assert invdiff("reconstruct", meas, "--prior", shipped, *base, *extra, "--out", dst) == 0
+        with h5py.File(dst) as f:
+            assert ("calibration" in json.loads(f.attrs["invdiff_provenance"])) == applied
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({k: v for k, v in json.loads(out.read_text()).items() if k != "solver_settings"}))
+    assert invdiff("reconstruct", meas, "--prior", prior, *base, "--steps", "3", "--calibration", older, "--out", r) == 0
+
+
+def test_solver_settings_difference_is_named():
+    fitted = {"steps": 20, "guidance": 1.0, "options": {"zeta": 0.3, "init": "tv"}}
+    assert calib.solver_settings_differ(fitted, fitted) == []
+    assert calib.solver_settings_differ(fitted, None) == [] and calib.solver_settings_differ(None, fitted) == []
+    run = {"steps": 40, "guidance": 2.0, "options": {"zeta": 0.3, "init": "fbp", "added_later": 1}}
+    assert calib.solver_settings_differ(fitted, run) == [("--steps 20", "40"), ("--guidance 1.0", "2.0"),
+                                                         ("option init=tv", "init=fbp")]
+
+
 @pytest.mark.parametrize("field,value", [("operator_settings", 5), ("prior_checksum", 3), ("z", "x"), ("samples", True),
+                                         ("solver_settings", 5), ("solver_settings", {"steps": "many", "options": {}}),
                                          ("scale", float("nan")), ("kind", "other"), ("version", 99)])
 def test_a_malformed_calibration_file_is_one_sentence(fitted, tmp_path, capsys, field, value):
     root, prior, meas, result, out = fitted

@@ -63,10 +63,12 @@ CALIBRATED = [(name, path.name) for name in SHIPPED for path in sorted((PRIORS_D
 def test_shipped_calibrations_fit_their_prior(name, file):
     """Each shipped calibration (examples/calibrate_priors.py) names the shipped weights, K = 4
     and the solver its file name says (``<setting>.json``: the default solver of its operator;
-    ``<setting>.<solver>.json``: that solver), so `--calibration auto` can apply it; a retrained
-    prior without new calibrations fails here."""
-    from invdiff.pipeline.calibration import min_images, read_calibration
+    ``<setting>.<solver>.json``: that solver) at that solver's current defaults for its
+    operator, so `--calibration auto` can apply it; a retrained prior, or a solver whose
+    defaults changed, without new calibrations fails here."""
+    from invdiff.pipeline.calibration import min_images, read_calibration, solver_settings_differ
     from invdiff.pipeline.defaults import default_solver_for
+    from invdiff.solvers.base import resolved_settings
 
     cal = read_calibration(PRIORS_DIR / name / "calibration" / file)
     assert cal.prior_checksum == load_prior(PRIORS_DIR / name).checksum
@@ -74,11 +76,15 @@ def test_shipped_calibrations_fit_their_prior(name, file):
     assert cal.solver == solver and cal.samples == 4 and cal.std_window == 1
     assert cal.images >= min_images(cal.alpha) and 0 < cal.scale < 10 and cal.z == 2.0
     assert cal.risk_calibrated <= (cal.alpha * (cal.images + 1) - 1) / cal.images + 1e-12
+    defaults = resolved_settings(solver, cal.operator, None, None, {})
+    assert cal.solver_settings is not None and set(cal.solver_settings["options"]) == set(defaults["options"])
+    assert solver_settings_differ(cal.solver_settings, defaults) == []
 
 
 def test_the_readme_sample_gets_the_shipped_8x_calibration():
     from invdiff.io.hdf5 import read_measurement
     from invdiff.pipeline.calibration import shipped_calibration
+    from invdiff.solvers.base import resolved_settings
 
     assert ("brain128", "mri8x.json") in CALIBRATED
     m = read_measurement(SAMPLE.parent / "brain_mri8x.h5")
@@ -87,6 +93,10 @@ def test_the_readme_sample_gets_the_shipped_8x_calibration():
     found = shipped_calibration(prior.path, pipeline, m.operator)
     assert found is not None and found[1].name == "mri8x.json"
     assert shipped_calibration(prior.path, {**pipeline, "samples": 8}, m.operator) is None
+    more_steps = resolved_settings("diffpir", "mri", 100, None, {})  # not the 50 steps it was fitted at
+    assert shipped_calibration(prior.path, {**pipeline, "solver_settings": more_steps}, m.operator) is None
+    assert shipped_calibration(prior.path, {**pipeline, "solver_settings": resolved_settings("diffpir", "mri", None, None, {})},
+                               m.operator)[1].name == "mri8x.json"
     others = [file.split(".")[1] for name, file in CALIBRATED if name == "brain128" and file.startswith("mri8x.")
               and file != "mri8x.json"]
     assert "pc" in others

@@ -22,8 +22,9 @@ under-cover a T2 slice (BENCHMARKS.md, "Calibrated uncertainty"). Each 2D slice 
 
 A calibration file is JSON (no code), written by ``invdiff calibrate`` and read by
 ``invdiff reconstruct --calibration FILE``, which refuses it for another prior, solver, sample
-count K, std window or operator, since the scale holds only for the pipeline it was fitted on.
-A prior directory may ship calibrations in ``calibration/*.json``; ``--calibration auto`` (the
+count K, std window, operator or solver settings (steps, guidance, options: the same solver
+run with twice the steps has another spread), since the scale holds only for the pipeline it
+was fitted on. A prior directory may ship calibrations in ``calibration/*.json``; ``--calibration auto`` (the
 default) applies the first whose pipeline and operator settings (within 20 %) match the run,
 and none otherwise.
 """
@@ -61,6 +62,7 @@ class Calibration:
     operator: str
     operator_settings: dict[str, Any] = field(default_factory=dict)
     prior_checksum: str | None = None
+    solver_settings: dict[str, Any] | None = None  # {"steps", "guidance", "options"}; None: not recorded
     sources: list[str] = field(default_factory=list)
     invdiff_version: str = ""
 
@@ -179,11 +181,12 @@ def _same(a: Any, b: Any, rel: float = 0.2) -> bool:
     return a == b
 
 
-def pipeline(solver: str, samples: int, std_window: int, operator: str, prior_checksum: str | None) -> dict[str, Any]:
+def pipeline(solver: str, samples: int, std_window: int, operator: str, prior_checksum: str | None,
+             solver_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a calibration must match (check_fits): the run's solver, K, std window, operator
-    name and prior weights."""
+    name, prior weights and solver settings (``invdiff.solvers.base.resolved_settings``)."""
     return {"solver": solver, "samples": samples, "std_window": std_window, "operator": operator,
-            "prior_checksum": prior_checksum}
+            "prior_checksum": prior_checksum, "solver_settings": solver_settings}
 
 
 def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
@@ -195,8 +198,11 @@ def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
         raise InputError(f"{source}: its std is already calibrated; calibrate on results written with --calibration none.")
     operator = provenance.get("operator") or {}
     prior = provenance.get("prior") or {}
+    settings = None
+    if "steps" in provenance and isinstance(provenance.get("options"), dict):
+        settings = {"steps": provenance["steps"], "guidance": provenance.get("guidance"), "options": provenance["options"]}
     return pipeline(str(provenance["solver"]), int(provenance.get("samples", 1)), int(provenance.get("std_window", 1)),
-                    str(operator.get("name", "")), prior.get("checksum"))
+                    str(operator.get("name", "")), prior.get("checksum"), settings)
 
 
 def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
@@ -212,6 +218,39 @@ def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
             now = theirs if key != "prior_checksum" else f"{str(theirs)[:12]}..."
             raise InputError(f"{source}: the calibration was fitted with {what} but this run uses {now}; "
                              f"a std scale holds only for the pipeline it was fitted on.")
+    differ = solver_settings_differ(cal.solver_settings, pipeline.get("solver_settings"))
+    if differ:
+        what, now = differ[0]
+        raise InputError(f"{source}: the calibration was fitted with {what} but this run uses {now}; "
+                         f"a std scale holds only for the solver settings it was fitted with.")
+
+
+def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """``[(as fitted, as run), ...]`` for the steps, guidance and options in which a run differs
+    from a calibration; nothing when either side did not record them. An option only one side
+    names (one added to the solver later, at a default that keeps the old behaviour) does not
+    count."""
+    if not isinstance(fitted, dict) or not isinstance(run, dict):
+        return []
+    out = []
+    if fitted.get("steps") != run.get("steps"):
+        out.append((f"--steps {fitted.get('steps')}", f"{run.get('steps')}"))
+    if not _equal(fitted.get("guidance"), run.get("guidance")):
+        out.append((f"--guidance {fitted.get('guidance')}", f"{run.get('guidance')}"))
+    theirs, ours = fitted.get("options") or {}, run.get("options") or {}
+    for key in sorted(set(theirs) & set(ours)):
+        if not _equal(theirs[key], ours[key]):
+            out.append((f"option {key}={theirs[key]}", f"{key}={ours[key]}"))
+    return out
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Equal values; numbers up to rounding (1e-9 relative: a JSON round trip is exact, this is
+    only for a float written by another program)."""
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
+    return a == b
 
 
 def settings_differ(cal: Calibration, operator: dict[str, Any]) -> list[str]:
@@ -283,6 +322,10 @@ def read_calibration(path: Path) -> Calibration:
         raise InputError(f"{path}: 'solver' and 'operator' must be names.")
     if not isinstance(cal.operator_settings, dict) or not (cal.prior_checksum is None or isinstance(cal.prior_checksum, str)):
         raise InputError(f"{path}: 'operator_settings' must be an object and 'prior_checksum' a string.")
+    settings = cal.solver_settings
+    if settings is not None and not (isinstance(settings, dict) and isinstance(settings.get("options", {}), dict)
+                                     and isinstance(settings.get("steps"), int) and not isinstance(settings.get("steps"), bool)):
+        raise InputError(f"{path}: 'solver_settings' must be an object with whole-number 'steps' and an 'options' object.")
     for key in ("alpha", "z", "risk_calibrated", "risk_uncalibrated"):
         value = getattr(cal, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):

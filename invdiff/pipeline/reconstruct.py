@@ -259,7 +259,7 @@ def check_prior_fits(prior, op: Operator, source: str) -> None:
 
 def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: None) -> Result:
     from invdiff.solvers.averaging import posterior_moments
-    from invdiff.solvers.base import initial_estimate, run_solver_with_info
+    from invdiff.solvers.base import initial_estimate, operator_name, resolved_settings, run_solver_with_info
 
     check_data(m)
     if s.samples < 1:
@@ -267,9 +267,12 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     check_window(s.std_window)
     source = str(m.source or "measurement")
     op_for = slice_operators(m, device)
-    check_prior_fits(prior, op_for(0), source)
+    op0 = op_for(0)
+    check_prior_fits(prior, op0, source)
     operator_summary = calib.operator_settings(m.operator)  # views, sampled fraction, noise: for calibrate
-    pipeline = calib.pipeline(s.solver, s.samples, s.std_window, m.operator["name"], getattr(prior, "checksum", None))
+    settings = resolved_settings(s.solver, operator_name(op0), s.steps, s.guidance, s.options)
+    pipeline = calib.pipeline(s.solver, s.samples, s.std_window, m.operator["name"], getattr(prior, "checksum", None),
+                              settings)
     calibration = None
     if s.calibration == "auto":  # a calibration shipped with the prior, if one fits this run
         found = calib.shipped_calibration(getattr(prior, "path", None), pipeline, m.operator)

@@ -254,13 +254,14 @@ def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[s
 
 def resolve_settings(
     solver: Solver,
-    operator: Operator,
+    operator: Operator | str,
     steps: int | None,
     guidance: float | None,
     options: dict[str, Any] | None,
 ) -> tuple[int, float, Any]:
-    """Fill steps, guidance and options from the solver's defaults for this operator."""
-    preset = solver.defaults_for(operator_name(operator))
+    """Fill steps, guidance and options from the solver's defaults for this operator (an
+    operator or its registered name)."""
+    preset = solver.defaults_for(operator if isinstance(operator, str) else operator_name(operator))
     steps = int(preset.get("steps", 100)) if steps is None else steps
     guidance = float(preset.get("guidance", 1.0)) if guidance is None else guidance
     if not (isinstance(steps, int) and steps >= 1):
@@ -272,6 +273,16 @@ def resolve_settings(
     if is_auto(getattr(opts, "data_weight", "1")):
         check_auto_data_weight(solver)
     return steps, float(guidance), opts
+
+
+def resolved_settings(
+    name: str, operator: str, steps: int | None, guidance: float | None, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``{"steps", "guidance", "options"}`` that solver ``name`` runs with on operator kind
+    ``operator`` (defaults filled in, every option named): what a result's provenance records
+    and what a std calibration must match."""
+    steps, guidance, opts = resolve_settings(get_solver(name), operator, steps, guidance, options)
+    return {"steps": steps, "guidance": guidance, "options": dataclasses.asdict(opts)}
 
 
 def check_auto_data_weight(solver: Solver) -> None:
