@@ -124,6 +124,7 @@ def test_spectral_norm_is_one_for_a_periodic_blur():
         (np.zeros((3, 3)), "positive sum"),
         (np.ones((3, 3, 3)), "2-D"),
         ([["a"]], "2-D array of numbers"),
+        (np.ones((3, 3)) * (1 + 1j), "real"),  # not silently cast to its real part
     ],
 )
 def test_bad_psf_raises_input_error(psf, message):

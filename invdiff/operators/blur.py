@@ -40,7 +40,10 @@ def normalise_psf(psf: Any, image_hw: tuple[int, int]) -> np.ndarray:
     """``psf`` as float64 ``(h, w)`` summing to 1; InputError if it is not a finite 2-D array
     with a positive sum that fits in the image ``image_hw = (H, W)``."""
     try:
-        array = np.asarray(psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else psf, dtype=np.float64)
+        raw = np.asarray(psf.detach().cpu().numpy() if isinstance(psf, torch.Tensor) else psf)
+        if np.iscomplexobj(raw):  # casting would drop the imaginary part without a word
+            raise InputError("the PSF must be real (an intensity PSF), not complex.")
+        array = raw.astype(np.float64)
     except (TypeError, ValueError):
         raise InputError("the PSF must be a 2-D array of numbers.") from None
     if array.ndim != 2 or array.size == 0:
