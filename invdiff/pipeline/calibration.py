@@ -24,9 +24,9 @@ A calibration file is JSON (no code), written by ``invdiff calibrate`` and read 
 ``invdiff reconstruct --calibration FILE``, which refuses it for another prior, solver, sample
 count K, std window, operator or solver settings (steps, guidance, options: the same solver
 run with twice the steps has another spread), since the scale holds only for the pipeline it
-was fitted on. A prior directory may ship calibrations in ``calibration/*.json``; ``--calibration auto`` (the
-default) applies the first whose pipeline and operator settings (within 20 %) match the run,
-and none otherwise.
+was fitted on. A prior directory may ship calibrations in ``calibration/*.json``;
+``--calibration auto`` (the default) applies the first whose pipeline and operator settings
+(within 20 %) match the run, and none otherwise.
 """
 
 from __future__ import annotations
@@ -225,6 +225,9 @@ def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
                          f"a std scale holds only for the solver settings it was fitted with.")
 
 
+_ROUNDING = 1e-9  # solver settings must be equal: numbers only up to a float written by another program
+
+
 def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | None) -> list[tuple[str, str]]:
     """``[(as fitted, as run), ...]`` for the steps, guidance and options in which a run differs
     from a calibration; nothing when either side did not record them. An option only one side
@@ -235,22 +238,13 @@ def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | 
     out = []
     if fitted.get("steps") != run.get("steps"):
         out.append((f"--steps {fitted.get('steps')}", f"{run.get('steps')}"))
-    if not _equal(fitted.get("guidance"), run.get("guidance")):
+    if not _same(fitted.get("guidance"), run.get("guidance"), _ROUNDING):
         out.append((f"--guidance {fitted.get('guidance')}", f"{run.get('guidance')}"))
     theirs, ours = fitted.get("options") or {}, run.get("options") or {}
     for key in sorted(set(theirs) & set(ours)):
-        if not _equal(theirs[key], ours[key]):
+        if not _same(theirs[key], ours[key], _ROUNDING):
             out.append((f"option {key}={theirs[key]}", f"{key}={ours[key]}"))
     return out
-
-
-def _equal(a: Any, b: Any) -> bool:
-    """Equal values; numbers up to rounding (1e-9 relative: a JSON round trip is exact, this is
-    only for a float written by another program)."""
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
-        return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1e-300)
-    return a == b
 
 
 def settings_differ(cal: Calibration, operator: dict[str, Any]) -> list[str]:

@@ -287,7 +287,6 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     means, stds, all_samples = [], [], []
     nfe_total = 0
     discrepancies: list[float] = []
-    resolved: dict[str, Any] = {}
     start = time.perf_counter()
     for i in range(m.data.shape[0]):
         op = op_for(i)
@@ -307,7 +306,6 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         )
         nfe_total += solver_info.nfe
         discrepancies.extend(solver_info.discrepancy)
-        resolved = {"steps": solver_info.steps, "guidance": solver_info.guidance, "options": solver_info.options}
         x = (x_n.detach() * scale).double()
         beta = float(solver_info.options.get("classical_weight", 0.0))
         classical = None
@@ -329,7 +327,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     samples = np.stack(all_samples, axis=1) if s.keep_samples else None  # (K, slices, H, W)
     info = {
         "solver": s.solver,
-        **resolved,
+        **settings,  # the steps, guidance and options each slice ran with (resolve_settings)
         "discrepancy_mean": float(np.mean(discrepancies)) if discrepancies else None,
         "samples": s.samples,
         "std_window": s.std_window,
