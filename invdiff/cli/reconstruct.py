@@ -97,7 +97,7 @@ def reconstruct(
     calibration: Annotated[str, typer.Option("--calibration", help="A file from `invdiff calibrate`: scale the std by the factor it fitted for this prior, solver, K and operator on images with known truth. auto: a calibration shipped with the prior that fits this run, if any; none: the plain sample std.")] = "auto",
     weight: Annotated[Optional[float], typer.Option("--weight", help="Regularisation weight of a classical method.")] = None,
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Iterations of a classical method.")] = None,
-    dicom: Annotated[Optional[Path], typer.Option("--dicom", help="Also write a DICOM series into this folder.")] = None,
+    dicom: Annotated[Optional[Path], typer.Option("--dicom", help="Also write the reconstruction (posterior mean) as a DICOM series into this folder; the std is in the HDF5 result and the PNG.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Also write a PNG preview with the uncertainty map.")] = None,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose result file exists.")] = False,
     operator: Annotated[Optional[str], typer.Option("--operator", help="Operator of a foreign .npy/.tif measurement.")] = None,

@@ -32,6 +32,7 @@ import numpy as np
 
 from invdiff.errors import InputError
 from invdiff.io.atomic import exchange_paths
+from invdiff.io.dicom_frames import frame_positions, frame_value, invert_monochrome1, is_enhanced, rescale_frames
 
 MU_WATER_PER_MM = 0.0192
 """Linear attenuation coefficient of water, 1/mm, near 70 keV (NIST XCOM)."""
@@ -106,7 +107,10 @@ def read_dicom_header(path: Path, *, pixels: bool = True) -> Any:
 def dicom_pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
     """Pixels ``(frames, H, W)`` float32 after RescaleSlope/Intercept, and whether they are HU.
 
-    HU when Modality is CT and RescaleType is absent or 'HU' (PS3.3 C.8.2.1). Colour
+    HU when Modality is CT and RescaleType is absent or 'HU' (PS3.3 C.8.2.1). An enhanced
+    multi-frame image's rescale is read from its functional groups, frame by frame
+    (dicom_frames.py). MONOCHROME1 images that are not in HU are inverted so that bright means
+    large, as in MONOCHROME2 (HU keep their values: they are physical). Colour
     (SamplesPerPixel > 1) and compressed data without an installed decoder are InputErrors.
     """
     from pydicom.pixels import apply_modality_lut
@@ -121,19 +125,25 @@ def dicom_pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
         if tsyntax is not None and tsyntax.is_compressed:
             raise InputError(_compressed_message(path, tsyntax, exc)) from None
         raise InputError(f"{path}: DICOM pixel data is truncated or corrupt ({_reason(exc)}).") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    stored = np.asarray(stored)
+    if stored.ndim == 2:
+        stored = stored[None]
+    if stored.ndim != 3 or stored.shape[0] != frames:
+        raise InputError(f"{path}: DICOM pixel data has shape {stored.shape}, not (frames, rows, columns).")
     try:
-        values = apply_modality_lut(stored, ds)
+        if is_enhanced(ds) and "RescaleSlope" not in ds:  # rescale in the functional groups
+            values = rescale_frames(stored, ds)
+        else:
+            values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
     except Exception as exc:
         raise InputError(f"{path}: DICOM rescale attributes are invalid ({_reason(exc)}).") from None
-    values = _apply_real_world_mapping(np.asarray(values, dtype=np.float64), ds).astype(np.float32)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if values.ndim == 2:
-        values = values[None]
-    if values.ndim != 3 or values.shape[0] != frames:
-        raise InputError(f"{path}: DICOM pixel data has shape {values.shape}, not (frames, rows, columns).")
-    rescale_type = str(ds.get("RescaleType", "HU") or "HU").upper()
+    values = _apply_real_world_mapping(values, ds)
+    rescale_type = str(frame_value(ds, "RescaleType") or "HU").upper()
     hounsfield = str(ds.get("Modality", "")).upper() == "CT" and rescale_type == "HU"
-    return values, hounsfield
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" and not hounsfield:
+        values = invert_monochrome1(values, ds)
+    return values.astype(np.float32), hounsfield
 
 
 def _apply_real_world_mapping(values: np.ndarray, ds: Any) -> np.ndarray:
@@ -164,7 +174,9 @@ def read_dicom_series(files: Sequence[Path]) -> DicomVolume:
     """Read the files of one series into a volume sorted along the slice normal.
 
     Order: by ImagePositionPatient projected onto the normal of ImageOrientationPatient when
-    every slice has them and they are distinct, else by InstanceNumber, else by file name.
+    every slice has them and they are distinct, else by InstanceNumber, else by file name. The
+    frames of an enhanced multi-frame file are slices too, each placed by its own Plane
+    Position (functional groups, dicom_frames.py).
     Slices of different sizes or of different units (HU and not HU) are an InputError.
     """
     if not files:
@@ -173,10 +185,13 @@ def read_dicom_series(files: Sequence[Path]) -> DicomVolume:
     for path in files:
         ds = read_dicom_header(path, pixels=True)
         values, hounsfield = dicom_pixels(ds, path)
-        slices.append((path, ds, values, hounsfield))
+        if values.shape[0] > 1 and is_enhanced(ds):
+            slices.extend((path, ds, values[f : f + 1], hounsfield, f) for f in range(values.shape[0]))
+        else:
+            slices.append((path, ds, values, hounsfield, 0))
     slices, positions = _sorted_slices(slices)
-    first_path, first_ds, first_values, first_hu = slices[0]
-    for path, _, values, hounsfield in slices[1:]:
+    first_path, first_ds, first_values, first_hu, first_frame = slices[0]
+    for path, _, values, hounsfield, _ in slices[1:]:
         if values.shape[1:] != first_values.shape[1:]:
             raise InputError(
                 f"{path}: slice size {values.shape[1]}x{values.shape[2]} differs from "
@@ -185,22 +200,50 @@ def read_dicom_series(files: Sequence[Path]) -> DicomVolume:
         if hounsfield != first_hu:
             raise InputError(f"{path}: slice units (HU or not) differ from {first_path.name} in the same series.")
     data = np.concatenate([s[2] for s in slices], axis=0)
-    del first_ds.PixelData
-    return DicomVolume(data=data, meta=first_ds, hounsfield=first_hu, spacing=_spacing(first_ds, positions))
+    meta = _first_slice_meta(first_ds, first_frame)
+    return DicomVolume(data=data, meta=meta, hounsfield=first_hu, spacing=_spacing(meta, positions))
+
+
+def _first_slice_meta(ds: Any, frame: int) -> Any:
+    """The dataset of the first slice without its pixels; for an enhanced image a copy whose
+    top level holds that frame's geometry (what a derived series carries over)."""
+    meta = ds.copy() if is_enhanced(ds) else ds
+    if "PixelData" in meta:
+        del meta.PixelData
+    if is_enhanced(ds):
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                        "SpacingBetweenSlices"):
+            value = frame_value(ds, keyword, frame)
+            if value is not None:
+                setattr(meta, keyword, value)
+    return meta
+
+
+def _slice_geometry(entry: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """(position (3,), orientation (6,)) of one slice entry, or None."""
+    _, ds, _, _, frame = entry
+    if is_enhanced(ds):
+        found = frame_positions(ds, frame + 1)
+        return None if found is None else (found[0][frame], found[1])
+    try:
+        orientation = np.array([float(v) for v in ds.ImageOrientationPatient])
+        position = np.array([float(v) for v in ds.ImagePositionPatient])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (position, orientation) if orientation.shape == (6,) and position.shape == (3,) else None
 
 
 def _sorted_slices(slices: list) -> tuple[list, np.ndarray | None]:
+    geometry = [_slice_geometry(s) for s in slices]
     positions = None
-    try:
-        orient = np.array([[float(v) for v in s[1].ImageOrientationPatient] for s in slices])
-        pos = np.array([[float(v) for v in s[1].ImagePositionPatient] for s in slices])
-        normal = np.cross(orient[0, :3], orient[0, 3:])
-        positions = pos @ normal
-    except (AttributeError, TypeError, ValueError, IndexError):
-        positions = None
+    if all(g is not None for g in geometry):
+        normal = np.cross(geometry[0][1][:3], geometry[0][1][3:])
+        positions = np.array([g[0] @ normal for g in geometry])
     if positions is not None and len(np.unique(np.round(positions, 4))) == len(slices):
         order = np.argsort(positions, kind="stable")
         return [slices[i] for i in order], positions[order]
+    if any(s[4] for s in slices):  # frames of a multi-frame file without positions: stored order
+        return slices, None
     numbers = [s[1].get("InstanceNumber") for s in slices]
     if all(n is not None and str(n) != "" for n in numbers) and len(set(int(n) for n in numbers)) == len(numbers):
         return sorted(slices, key=lambda s: int(s[1].InstanceNumber)), None
@@ -281,6 +324,7 @@ def write_dicom_series(
     units: str = "arbitrary",
     pixel_spacing: tuple[float, float] | None = None,
     slice_thickness: float | None = None,
+    slice_spacing: float | None = None,
     window: tuple[float, float] | None = None,
     overwrite: bool = False,
 ) -> list[Path]:
@@ -291,11 +335,17 @@ def write_dicom_series(
     units: "HU" (values are Hounsfield units), "1/mm" (linear attenuation; converted to HU
         with `mu_to_hu`; CT only) or "arbitrary". CT in HU gets RescaleType HU, otherwise US.
     source_meta: a pydicom Dataset (e.g. ``ImageStack.dicom_meta``); its patient and study
-        attributes (and, for a matching grid, its geometry) are copied, and its StudyInstanceUID
-        kept. Without it a new study is made.
-    pixel_spacing: (row, column) mm; default the source's when its grid matches, else 1 mm.
-    slice_thickness: mm; default the source's, else 1 mm. Slices are stacked along the normal
-        of the orientation starting at the source's first ImagePositionPatient (else the origin).
+        attributes are copied and its StudyInstanceUID kept. When its grid (Rows, Columns)
+        matches the images and it has ImagePositionPatient and ImageOrientationPatient, the
+        series is placed where the source's first slice lies, in its orientation, spacing and
+        Frame of Reference; otherwise it gets a Frame of Reference of its own (axial at the
+        origin), since claiming the source's with made-up geometry would misplace it in a
+        viewer. Without a source a new study is made.
+    pixel_spacing: (row, column) mm; default the source's when its geometry is carried, else 1 mm.
+    slice_thickness: nominal thickness, mm; default the source's, else the slice spacing.
+    slice_spacing: distance between slice centres, mm; default the source's
+        SpacingBetweenSlices, else the thickness, else 1 mm. Slices are stacked along the
+        normal of the orientation.
     window: (center, width) in output units; default the 1st..99th percentile of the values.
     overwrite: replace an existing non-empty ``out_dir`` (atomically); else that is an InputError.
 
@@ -327,8 +377,9 @@ def write_dicom_series(
     hounsfield = modality == "CT" and units == "HU"
     stored, slope, intercept = _quantise(values, hounsfield)
     center, width = window if window is not None else _default_window(values)
+    geometry = _geometry(source_meta, values.shape[1:], pixel_spacing, slice_thickness, slice_spacing)
 
-    common = _common_dataset(modality, source_meta, description, hounsfield, values.shape[1:])
+    common = _common_dataset(modality, source_meta, description, hounsfield, values.shape[1:], geometry["carried"])
     if modality == "MR":  # the MR Image IOD has no Modality LUT: the scale goes to Real World Value Mapping
         common.RealWorldValueMappingSequence = _real_world_mapping(slope, intercept, units)
         center, width = (float(center) - intercept) / slope, float(width) / slope
@@ -337,13 +388,14 @@ def write_dicom_series(
         common.RescaleSlope = _ds(slope)
     common.WindowCenter = _ds(center)
     common.WindowWidth = _ds(max(float(width), 1e-6))
-    geometry = _geometry(source_meta, values.shape[1:], pixel_spacing, slice_thickness)
+    if float(width) < 1.0:  # PS3.3 C.11.2.1.2: a LINEAR window needs width >= 1; LINEAR_EXACT does not
+        common.VOILUTFunction = "LINEAR_EXACT"
     common.PixelSpacing = [_ds(v) for v in geometry["spacing"]]
     if modality in ("CT", "MR"):
         common.SliceThickness = _ds(geometry["thickness"])
         common.ImageOrientationPatient = [_ds(v) for v in geometry["orientation"]]
     if modality == "MR":
-        common.SpacingBetweenSlices = _ds(geometry["thickness"])
+        common.SpacingBetweenSlices = _ds(geometry["step"])
 
     names = [f"IM{k + 1:05d}.dcm" for k in range(values.shape[0])]
     with _atomic_folder(out_dir, overwrite) as tmp_dir:
@@ -391,10 +443,16 @@ def _real_world_mapping(slope: float, intercept: float, units: str) -> Any:
 
 
 def _default_window(values: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.percentile(values, [1.0, 99.0])
+    """(center, width) over the 1st..99th percentile; the full range when that is flat, and
+    for a constant image a width on the scale of its value (never a fixed unit, which would
+    flatten images whose values are far below 1)."""
+    lo, hi = (float(v) for v in np.percentile(values, [1.0, 99.0]))
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
-    return (float(lo + hi) / 2.0, max(float(hi - lo), 1.0))
+    width = hi - lo
+    if width <= 0:
+        width = max(abs(lo) * 1e-3, 1e-6)
+    return ((lo + hi) / 2.0, width)
 
 
 def _ds(value: float) -> str:
@@ -409,7 +467,8 @@ def _now() -> tuple[str, str]:
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
 
 
-def _common_dataset(modality: str, source: Any, description: str, hounsfield: bool, shape: tuple) -> Any:
+def _common_dataset(modality: str, source: Any, description: str, hounsfield: bool, shape: tuple,
+                    carried: bool) -> Any:
     import pydicom.uid as uid
     from pydicom.dataset import Dataset
 
@@ -439,7 +498,7 @@ def _common_dataset(modality: str, source: Any, description: str, hounsfield: bo
     ds.SeriesNumber = _series_number(source)
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.SeriesDescription = description[:64]
-    ds.Laterality = _source_value(source, "Laterality") or ""
+    ds.Laterality = _source_value(source, "Laterality") or ""  # Type 2C; dciodvfy wants it present
     ds.ContentDate, ds.ContentTime = date, time
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.Manufacturer = "invdiff"
@@ -448,8 +507,9 @@ def _common_dataset(modality: str, source: Any, description: str, hounsfield: bo
     ds.ImageType = _IMAGE_TYPE[modality]
     ds.AcquisitionNumber = ""
     if modality in ("CT", "MR"):
-        ds.FrameOfReferenceUID = _source_value(source, "FrameOfReferenceUID") or uid.generate_uid()
-        ds.PositionReferenceIndicator = _source_value(source, "PositionReferenceIndicator") or ""
+        source_frame = _source_value(source, "FrameOfReferenceUID") if carried else None
+        ds.FrameOfReferenceUID = source_frame or uid.generate_uid()
+        ds.PositionReferenceIndicator = (_source_value(source, "PositionReferenceIndicator") or "") if carried else ""
         ds.PatientPosition = _source_value(source, "PatientPosition") or "HFS"
     else:
         ds.ConversionType = "WSD"
@@ -469,6 +529,8 @@ def _common_dataset(modality: str, source: Any, description: str, hounsfield: bo
         for name in _MR_ACQUISITION:
             if source is not None and name in source and source[name].value not in (None, ""):
                 setattr(ds, name, source[name].value)
+        if "IR" in list(ds.ScanningSequence) and "InversionTime" not in ds:  # Type 2C with inversion recovery
+            ds.InversionTime = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
@@ -494,40 +556,43 @@ def _source_value(source: Any, name: str) -> Any:
     return source[name].value
 
 
-def _geometry(source: Any, shape: tuple, pixel_spacing: Any, slice_thickness: Any) -> dict:
-    """Orientation, first position, spacing and thickness, from the arguments or the source."""
-    same_grid = (
-        source is not None
-        and int(_source_value(source, "Rows") or -1) == shape[0]
-        and int(_source_value(source, "Columns") or -1) == shape[1]
-    )
+def _geometry(source: Any, shape: tuple, pixel_spacing: Any, slice_thickness: Any, slice_spacing: Any) -> dict:
+    """Orientation, first position, pixel spacing, thickness and slice step (mm), from the
+    arguments or the source; ``carried``: whether the source's placement was taken over."""
     orientation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     origin = [0.0, 0.0, 0.0]
     spacing = (1.0, 1.0)
-    thickness = 1.0
-    if source is not None:
-        try:
-            orientation = [float(v) for v in source.ImageOrientationPatient]
-        except (AttributeError, TypeError, ValueError):
-            pass
-        try:
-            origin = [float(v) for v in source.ImagePositionPatient]
-        except (AttributeError, TypeError, ValueError):
-            pass
+    carried = False
+    try:
+        same_grid = source is not None and (int(_source_value(source, "Rows") or -1),
+                                            int(_source_value(source, "Columns") or -1)) == tuple(shape)
         if same_grid:
-            with contextlib.suppress(AttributeError, TypeError, ValueError):
-                spacing = tuple(float(v) for v in source.PixelSpacing)
-        with contextlib.suppress(TypeError, ValueError):
-            thickness = float(_source_value(source, "SliceThickness") or 1.0)
+            source_orientation = [float(v) for v in source.ImageOrientationPatient]
+            source_origin = [float(v) for v in source.ImagePositionPatient]
+            if len(source_orientation) == 6 and len(source_origin) == 3:
+                orientation, origin, carried = source_orientation, source_origin, True
+    except (AttributeError, TypeError, ValueError):
+        carried = False
+    if carried:
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            spacing = tuple(float(v) for v in source.PixelSpacing)
     if pixel_spacing is not None:
         spacing = tuple(float(v) for v in pixel_spacing)
-    if slice_thickness is not None:
-        thickness = float(slice_thickness)
-    if len(spacing) != 2 or min(spacing) <= 0 or thickness <= 0:
-        raise InputError(f"DICOM pixel spacing {spacing} and slice thickness {thickness} must be positive mm.")
+    thickness, step = slice_thickness, slice_spacing
+    with contextlib.suppress(TypeError, ValueError):
+        if thickness is None and _source_value(source, "SliceThickness") not in (None, ""):
+            thickness = float(_source_value(source, "SliceThickness"))
+        if step is None and _source_value(source, "SpacingBetweenSlices") not in (None, ""):
+            step = float(_source_value(source, "SpacingBetweenSlices"))
+    step = float(step if step is not None else thickness if thickness is not None else 1.0)
+    thickness = float(thickness if thickness is not None else step)
+    if len(spacing) != 2 or min(spacing) <= 0 or thickness <= 0 or step <= 0:
+        raise InputError(
+            f"DICOM pixel spacing {spacing}, slice thickness {thickness} and slice spacing {step} must be positive mm."
+        )
     normal = np.cross(orientation[:3], orientation[3:])
     return {"orientation": orientation, "origin": np.asarray(origin), "normal": normal,
-            "spacing": spacing, "thickness": thickness}
+            "spacing": spacing, "thickness": thickness, "step": step, "carried": carried}
 
 
 def _slice_dataset(common: Any, k: int, stored: np.ndarray, geometry: dict, modality: str) -> Any:
@@ -538,7 +603,7 @@ def _slice_dataset(common: Any, k: int, stored: np.ndarray, geometry: dict, moda
     ds.SOPInstanceUID = uid.generate_uid()
     ds.InstanceNumber = k + 1
     if modality in ("CT", "MR"):
-        position = geometry["origin"] + k * geometry["thickness"] * geometry["normal"]
+        position = geometry["origin"] + k * geometry["step"] * geometry["normal"]
         ds.ImagePositionPatient = [_ds(v) for v in position]
         ds.SliceLocation = _ds(float(position @ geometry["normal"]))
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()

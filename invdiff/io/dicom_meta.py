@@ -1,7 +1,9 @@
-"""Patient and study attributes carried from a DICOM source to derived results.
+"""Attributes carried from a DICOM source to derived results.
 
 A measurement simulated from a DICOM image keeps these attributes (as JSON in the HDF5 file)
-so that `reconstruct --dicom` writes a new series in the same study for the same patient.
+so that `reconstruct --dicom` writes a new series in the same study for the same patient, in
+the same place in the patient (position, orientation, pixel spacing and Frame of Reference of
+the source when the grid is the same) and with the source's acquisition parameters.
 """
 
 from __future__ import annotations
@@ -24,9 +26,32 @@ CARRIED = (
     "ReferringPhysicianName",
     "StudyDescription",
     "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PatientPosition",
+    "Laterality",
+    "SeriesNumber",
+    "Rows",
+    "Columns",
     "PixelSpacing",
     "SliceThickness",
+    "SpacingBetweenSlices",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "KVP",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "EchoTrainLength",
+    "InversionTime",
+    "MagneticFieldStrength",
+    "ImagedNucleus",
 )
+"""Patient and study, where the first slice lies (position, orientation, grid and spacing of
+the source: a derived series on the same grid keeps its Frame of Reference), and the CT and MR
+acquisition attributes the derived series repeats."""
 
 
 def meta_to_json(ds: pydicom.Dataset) -> dict[str, Any]:
@@ -37,9 +62,12 @@ def meta_to_json(ds: pydicom.Dataset) -> dict[str, Any]:
         if value is None or value == "":
             continue
         if isinstance(value, pydicom.multival.MultiValue):
-            out[keyword] = [float(v) for v in value]
+            try:
+                out[keyword] = [float(v) for v in value]
+            except (TypeError, ValueError):  # e.g. ScanningSequence GR\IR
+                out[keyword] = [str(v) for v in value]
         elif isinstance(value, (int, float)):
-            out[keyword] = value
+            out[keyword] = int(value) if isinstance(value, int) else float(value)
         else:
             out[keyword] = str(value)
     return out

@@ -64,8 +64,10 @@ def write_outputs(
             image = mu_to_hu(image)
         pixel = m.operator["params"].get("pixel_size")
         spacing = m.attrs.get("spacing_mm") or [None, None, None]
-        if spacing[1]:
-            pixel = pixel or spacing[1]
+        if spacing[1] and spacing[2]:  # the source image's (row, column) spacing
+            pixel_spacing = (spacing[1], spacing[2])
+        else:
+            pixel_spacing = (pixel, pixel) if pixel else None
         write_dicom_series(
             dicom_dir,
             image,
@@ -73,8 +75,8 @@ def write_outputs(
             source_meta=meta_from_json(m.attrs.get("source_dicom")),
             description=f"invdiff {record.get('solver') or record.get('method')}",
             units=units,
-            pixel_spacing=(pixel, pixel) if pixel else None,
-            slice_thickness=spacing[0],
+            pixel_spacing=pixel_spacing,
+            slice_spacing=spacing[0],  # from the source's slice positions; its thickness comes with source_meta
             overwrite=True,
         )
     if png is not None:
