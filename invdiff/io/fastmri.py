@@ -9,11 +9,17 @@ Layout of a fastMRI file:
   validation targets) and ``ismrmrd_header`` (the ISMRMRD XML, bytes);
 * root attributes ``acquisition`` (e.g. CORPD_FBK), ``max``, ``norm``, ``patient_id``, and for
   the challenge data ``acceleration`` and ``num_low_frequency``.
+
+The k-space keeps the readout oversampling (e.g. 640 x 368 for knee), while the targets and a
+submission are the centre of the image at the reconstruction size (320 x 320): the targets'
+shape, else the ISMRMRD header's ``reconSpace`` matrix size (fastmri/data/mri_data.py and
+``transforms.center_crop``). :func:`target_shape` finds it and :func:`center_crop` applies it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,58 @@ import numpy as np
 from invdiff.errors import InputError
 
 RECONSTRUCTION_KEYS = ("reconstruction_esc", "reconstruction_rss")
+
+
+def recon_space(header: str | None) -> tuple[int, int] | None:
+    """``(x, y)`` of the ISMRMRD header's ``reconSpace`` ``matrixSize``, or None.
+
+    Read by pattern, not by an XML parser, so that a header crafted against XML parsers
+    (entity expansion) costs nothing.
+    """
+    if not header:
+        return None
+    space = re.search(r"<reconSpace>(.*?)</reconSpace>", header, re.S)
+    size = re.search(r"<matrixSize>(.*?)</matrixSize>", space.group(1), re.S) if space else None
+    if size is None:
+        return None
+    x = re.search(r"<x>\s*(\d+)\s*</x>", size.group(1))
+    y = re.search(r"<y>\s*(\d+)\s*</y>", size.group(1))
+    return (int(x.group(1)), int(y.group(1))) if x and y else None
+
+
+def target_shape(raw: dict[str, Any]) -> tuple[int, int] | None:
+    """``(h, w)`` a fastMRI reconstruction is cropped to: the shape of the file's targets,
+    else the header's reconSpace; each side at most the image's (as fastMRI does). None when
+    neither is known or the crop would keep the whole image."""
+    height, width = raw["kspace"].shape[-2:]
+    shape = None
+    for key in RECONSTRUCTION_KEYS:
+        if key in raw:
+            shape = tuple(int(v) for v in raw[key].shape[-2:])
+            break
+    if shape is None:
+        shape = recon_space(raw.get("ismrmrd_header"))
+    if shape is None:
+        return None
+    shape = (min(shape[0], height), min(shape[1], width))
+    return None if shape == (height, width) or min(shape) < 1 else shape
+
+
+def center_crop(data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The centre ``shape`` of the last two axes (fastmri.data.transforms.center_crop)."""
+    top = (data.shape[-2] - shape[0]) // 2
+    left = (data.shape[-1] - shape[1]) // 2
+    return data[..., top : top + shape[0], left : left + shape[1]]
+
+
+def reference_image(raw: dict[str, Any]) -> np.ndarray | None:
+    """The file's target ``(slices, h, w)``: ``reconstruction_esc`` for single-coil,
+    ``reconstruction_rss`` for multi-coil data (the fastMRI leaderboard's), else the other."""
+    order = RECONSTRUCTION_KEYS if raw["kspace"].shape[1] == 1 else RECONSTRUCTION_KEYS[::-1]
+    for key in order:
+        if key in raw:
+            return raw[key]
+    return None
 
 
 def is_fastmri(h5file: h5py.Group | str | os.PathLike) -> bool:

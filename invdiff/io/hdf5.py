@@ -256,7 +256,8 @@ def read_measurement(path: str | Path) -> Measurement:
 
 
 def _measurement_from_fastmri(path: Path) -> Measurement:
-    """A fastMRI file as it is: complex image model, coil maps estimated per slice."""
+    """A fastMRI file as it is: complex image model, coil maps estimated per slice; attribute
+    ``fastmri_crop`` ``[h, w]`` when results are to be cropped to the targets' size."""
     from invdiff.io import fastmri
 
     raw = fastmri.read_fastmri(path)
@@ -266,6 +267,9 @@ def _measurement_from_fastmri(path: Path) -> Measurement:
     params["coil_maps"] = "estimate" if coils > 1 else None
     attrs = {k: v for k, v in raw.get("attrs", {}).items() if isinstance(v, (str, int, float))}
     attrs["source_format"] = "fastmri"
+    crop = fastmri.target_shape(raw)
+    if crop is not None:
+        attrs["fastmri_crop"] = list(crop)
     return Measurement(data=kspace, operator={"name": "mri", "params": params}, attrs=attrs, source=path)
 
 

@@ -15,10 +15,19 @@ from invdiff.io.hdf5 import Measurement, read_array, read_measurement, reading
 
 def load_reference(path: Path, key: str | None = None) -> tuple[np.ndarray, Measurement | None]:
     """The reference volume ``(slices, H, W)``: a simulated measurement's ``ground_truth``,
-    or any image file. Returns the measurement too when the reference is one."""
+    a fastMRI file's target (``reconstruction_esc`` single-coil, ``reconstruction_rss``
+    multi-coil), or any image file. Returns the measurement too when the reference is one."""
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
         with reading(path) as f:
             is_measurement = "invdiff_operator" in f.attrs
+            from invdiff.io import fastmri
+
+            if not is_measurement and key is None and fastmri.is_fastmri(f):
+                target = fastmri.reference_image(fastmri.read_fastmri(path))
+                if target is None:
+                    raise InputError(f"{path}: this fastMRI file holds no target (reconstruction_esc or "
+                                     "reconstruction_rss) to compare with; give --reference.")
+                return target, None
             if not is_measurement:
                 if key is None and "reconstruction" in f:
                     key = "reconstruction"
@@ -106,7 +115,7 @@ def evaluate(result: dict[str, Any], reference: np.ndarray, *, data_range: float
         # the Student-t interval is for the plain sample std; a calibrated std is scaled already
         if isinstance(k, int) and not isinstance(k, bool) and k >= 2 and not prov.get("calibration"):
             out["coverage_pred95"] = metrics.predictive_coverage(ref, rec, result["std"], k)
-    if m is not None:
+    if m is not None and not (result.get("provenance") or {}).get("fastmri_crop"):
         x = result.get("reconstruction_complex")
-        out.update(data_residual(m, x if x is not None else rec))
+        out.update(data_residual(m, x if x is not None else rec))  # (a cropped image has no residual)
     return out

@@ -52,7 +52,18 @@ def write_outputs(
     png: Path | None = None,
 ) -> None:
     """Write DICOM and PNG first, then the HDF5 result (each atomically), so a result file
-    on disk means the whole job finished."""
+    on disk means the whole job finished. A fastMRI input's results are the centre of the
+    image at its targets' size (``fastmri_crop``, invdiff/io/fastmri.py), as a fastMRI
+    submission is; the provenance records the crop."""
+    crop = m.attrs.get("fastmri_crop")
+    if crop:
+        from invdiff.io.fastmri import center_crop
+
+        shape = (int(crop[0]), int(crop[1]))
+        reconstruction = center_crop(reconstruction, shape)
+        std = None if std is None else center_crop(std, shape)
+        samples = None if samples is None else center_crop(samples, shape)
+        record["fastmri_crop"] = list(shape)
     if dicom_dir is not None:
         from invdiff.io.dicom import mu_to_hu, write_dicom_series
         from invdiff.io.dicom_meta import meta_from_json
