@@ -1,5 +1,8 @@
 """Raw Siemens k-space -> invdiff measurement files -> classical reconstructions via the CLI.
 
+(`invdiff reconstruct meas.dat --method cg-sense` reads a raw file as it is; this script also
+makes a retrospectively undersampled copy with the full data as ground truth, to measure.)
+
     python examples/recon_twix.py [--dat data/samples/twix/gre.dat] [--out-dir runs/twix] \
         [--acceleration 4] [--center-fraction 0.08] [--device cpu]
 
@@ -37,11 +40,11 @@ import numpy as np
 from invdiff.io.hdf5 import Measurement, write_measurement
 from invdiff.io.png import save_png
 from invdiff.io.twix import read_twix
+from invdiff.io.twix_measurement import noise_std
 from invdiff.operators.coils import estimate_maps
 from invdiff.operators.masks import make_mask
 
 REPO = Path(__file__).resolve().parent.parent
-CORNER = 1 / 8
 
 
 def ifft2c(kspace: np.ndarray) -> np.ndarray:
@@ -52,18 +55,6 @@ def ifft2c(kspace: np.ndarray) -> np.ndarray:
 def coil_combine(kspace: np.ndarray, maps: np.ndarray) -> np.ndarray:
     """``sum_c conj(S_c) F^H y_c`` for unit-norm maps: ``(coils, H, W)`` -> ``(H, W)`` complex64."""
     return (np.conj(maps) * ifft2c(kspace)).sum(0).astype(np.complex64)
-
-
-def noise_std(kspace: np.ndarray, noise: np.ndarray | None) -> tuple[float, str]:
-    """Noise std per real/imaginary part and where it came from."""
-    if noise is not None and noise.size:
-        return float(np.sqrt(np.mean([noise.real.var(), noise.imag.var()]))), "noise-adjust readouts"
-    h, w = kspace.shape[-2:]
-    ch, cw = max(int(h * CORNER), 1), max(int(w * CORNER), 1)
-    corners = np.concatenate([kspace[..., rows, cols].ravel() for rows in (slice(0, ch), slice(h - ch, h))
-                              for cols in (slice(0, cw), slice(w - cw, w))])
-    parts = np.concatenate([corners.real, corners.imag])
-    return float(np.median(np.abs(parts)) / 0.6745), f"k-space corners ({CORNER:.3g} of each side)"
 
 
 def maps_param(kspace: np.ndarray) -> np.ndarray | str:

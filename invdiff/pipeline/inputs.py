@@ -1,5 +1,6 @@
-"""Reading measurements for `reconstruct`: invdiff and fastMRI HDF5 files as they are, and
-foreign sinograms / blurred images in NPY/TIFF whose geometry comes from the command line."""
+"""Reading measurements for `reconstruct`: invdiff and fastMRI HDF5 files and raw Siemens
+data files (``.dat``) as they are, and foreign sinograms / blurred images in NPY/TIFF whose
+geometry comes from the command line."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from invdiff.pipeline.geometry import GeometryOptions, operator_params
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 ARRAY_SUFFIXES = (".npy", ".tif", ".tiff")
+RAW_SUFFIXES = (".dat",)
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -22,9 +24,9 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in HDF5_SUFFIXES + ARRAY_SUFFIXES)
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in HDF5_SUFFIXES + ARRAY_SUFFIXES + RAW_SUFFIXES)
             if not found:
-                raise InputError(f"{p}: folder holds no .h5/.npy/.tif measurement files.")
+                raise InputError(f"{p}: folder holds no .h5/.dat/.npy/.tif measurement files.")
             out.extend(found)
         else:
             out.append(p)
@@ -68,8 +70,13 @@ def load_measurement(
 ) -> Measurement:
     """A Measurement from ``path``; command-line geometry supplies or overrides the file's."""
     suffix = path.suffix.lower()
-    if suffix in HDF5_SUFFIXES:
-        m = read_measurement(path)
+    if suffix in HDF5_SUFFIXES + RAW_SUFFIXES:
+        if suffix in RAW_SUFFIXES:
+            from invdiff.io.twix_measurement import measurement_from_twix
+
+            m = measurement_from_twix(path)
+        else:
+            m = read_measurement(path)
         if operator is not None and operator != m.operator["name"]:
             raise InputError(f"{path}: holds a {m.operator['name']} measurement, not {operator}.")
         if geometry.operator_params:
@@ -78,7 +85,7 @@ def load_measurement(
             m.operator["params"].update(json.loads(geometry.operator_params))
         return m
     if suffix not in ARRAY_SUFFIXES:
-        raise InputError(f"{path}: unsupported measurement file type '{suffix}' (use .h5, .npy or .tif).")
+        raise InputError(f"{path}: unsupported measurement file type '{suffix}' (use .h5, .dat (Siemens raw data), .npy or .tif).")
     if operator is None:
         raise InputError(f"{path}: a foreign {suffix} measurement needs --operator and its geometry options.")
     data = _read_array(path, key)
