@@ -4,6 +4,7 @@
     python examples/calibrate_priors.py [--prior brain128] [--settings ct30,mri8x] [--slices 19]
     python examples/calibrate_priors.py --prior brain128 --settings ct30,mri8x --solvers pc,dps
     python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers langevin   # > 1 h per setting
+    python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers pc,dps,langevin --device cuda
 
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=19)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--solvers", default="default", help="comma list: 'default' (no --solver) and solver names")
+    parser.add_argument("--device", default="cpu", help="where the reconstructions run (cpu or cuda)")
     args = parser.parse_args()
     image_set, settings = PRIORS[args.prior]
     settings = args.settings.split(",") if args.settings else settings
@@ -78,7 +80,7 @@ def main() -> None:
                 invdiff("simulate", tmp / "truth.npy", *SIMULATE[key], "--seed", "1", "--out", meas, "-q")
             chosen = [] if solver == "default" else ["--solver", solver]
             invdiff("reconstruct", meas, "--prior", prior, *chosen, "--samples", "4", "--calibration", "none",
-                    "--device", "cpu", "--out", result, "-q")
+                    "--device", args.device, "--out", result, "-q")
             invdiff("calibrate", result, "--alpha", args.alpha, "--out", out, "-q")
             cal = json.loads(out.read_text())
             cal["sources"] = [f"{args.slices} held-out slices of the {image_set} set not scored by the benchmark, "

@@ -38,7 +38,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
             -d .whl "$pkg==$version"
     done
-    for path in /.gpudata/ /.whl/; do grep -qxF "$path" .git/info/exclude || echo "$path" >> .git/info/exclude; done
+    exclude=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$exclude")"; touch "$exclude"
+    for path in /.gpudata/ /.whl/; do grep -qxF "$path" "$exclude" || echo "$path" >> "$exclude"; done
     du -sh .gpudata .whl
     exit 0
 fi
@@ -97,6 +98,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 step "data"
 $PY examples/prepare_brain.py || exit 1
 
+# the operators' CUDA paths: the device-consistency checks of the operator contract, the
+# Radon CUDA comparison and the blur CUDA test (they run on the CPU alone where CUDA is absent)
+step "operator tests on $DEVICE"
+timeout 150 $PY -m pytest -q -p no:cacheprovider tests/test_operator_contract.py tests/test_radon.py tests/test_blur.py
+echo "operator tests exit $?"
+
 # the prior: 3.3 M parameters (12.6 MB per weights file: each comes back under the 16 MiB limit)
 NET=(--channels-base 40 --channel-mults 1,2,2,2 --res-blocks 2)
 [[ "$QUICK" == 1 ]] && NET=(--channels-base 8 --channel-mults 1,2 --res-blocks 1)  # plumbing try-out only
@@ -104,7 +111,8 @@ step "train for ${TRAIN_SECONDS}s on $DEVICE"
 PRIOR=/tmp/brain128gpu
 rm -rf "$PRIOR"
 timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/train_128.npy" --out "$PRIOR" \
-    --image-size 128 --batch-size "$BATCH" --steps 1000000 "${NET[@]}" --sigma-data 0.261 --augment --val-data "$DATA/other_128.npy" \
+    --image-size 128 --batch-size "$BATCH" --steps 1000000 "${NET[@]}" --sigma-data 0.261 --augment --augment-option p_invert=0.25 \
+    --val-data "$DATA/other_128.npy" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet
 echo "train exit $? (124 or 130 = stopped by the time limit, as planned)"
 [[ -f "$PRIOR/config.json" ]] || { echo "no checkpoint was written"; exit 1; }
@@ -121,9 +129,18 @@ $PY examples/bench_train.py --device "$DEVICE" --batch-size 32 --steps "$steps" 
 $PY examples/bench_sampling.py --device "$DEVICE" --sizes 128 256 --batch 4 --steps "$steps" || true
 $PY examples/bench_radon.py --sizes 128 256 --threads 2 --repeats 3 || true
 
-step "reconstruction with the new prior"
-if [[ "$QUICK" == 1 ]]; then recon=(--settings ct30 --slices 1 --samples 2); else recon=(--settings ct30,ct60,mri4x,mri8x,blur --slices 6 --samples 4); fi
+step "reconstruction: the new prior against the shipped one, on $DEVICE"
+if [[ "$QUICK" == 1 ]]; then recon=(--settings ct30 --slices 1 --samples 2); else recon=(--settings ct30,mri8x --slices 6 --samples 4); fi
 for set in heldout other; do
-    $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default --prior "$PRIOR" --device "$DEVICE" || true
+    for prior in "$PRIOR" data/priors/brain128; do
+        echo "--- set $set, prior $prior"
+        timeout "${RECON_SECONDS:-50}" $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default --prior "$prior" \
+            --device "$DEVICE" || echo "(stopped or failed: exit $?)"
+    done
 done
+# the shipped prior's calibrations for the slow solvers (about 3 h on the 2-core CPU), in one file
+step "calibrations of the shipped brain128 for pc, dps and langevin on $DEVICE"
+if [[ "$QUICK" == 1 ]]; then cal=(--settings ct30 --solvers pc --slices 9); else cal=(--settings mri8x,ct30 --solvers pc,dps,langevin); fi
+timeout "${CALIBRATE_SECONDS:-150}" $PY examples/calibrate_priors.py --prior brain128 "${cal[@]}" --device "$DEVICE" || echo "(stopped or failed: exit $?)"
+tar -cf "$OUT/calibration.tar" -C data/priors/brain128 calibration && echo "calibration files in calibration.tar"
 step "done"

@@ -57,3 +57,15 @@ def test_a_dat_file_that_is_not_siemens_raw_data(tmp_path, capsys):
     bad.write_text("this is a text file, not a scan\n" * 4)
     assert invdiff("reconstruct", str(bad), "--method", "zero-filled", "--out", str(tmp_path / "r.h5")) == 2
     assert "notes.dat" in capsys.readouterr().err and not (tmp_path / "r.h5").exists()
+
+
+def test_info_describes_a_raw_file_as_the_measurement_reconstruct_reads(tmp_path, capsys):
+    assert invdiff("info", str(GRE), "--json") == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["kind"] == "measurement" and described["operator"]["name"] == "mri"
+    assert described["data"]["shape"] == [1, 2, 160, 160] and described["data"]["finite"]
+    assert described["operator_arrays"] == {"params/mask": [160, 160]}
+    bad = tmp_path / "notes.dat"
+    bad.write_text("this is a text file, not a scan\n" * 4)
+    assert invdiff("info", str(bad)) == 2
+    assert "notes.dat" in capsys.readouterr().err

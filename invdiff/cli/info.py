@@ -55,23 +55,14 @@ def describe_file(path: Path) -> dict[str, Any]:
             out["reconstruction"] = _array_summary(r["reconstruction"])
             return out
         if is_measurement:
-            from invdiff.operators.base import config_to_json
-            from invdiff.pipeline.reconstruct import check_data, slice_operators
-
-            m = read_measurement(path)
-            check_data(m)  # finite and not all zero, as reconstruct needs it
-            slice_operators(m, "cpu")(0)  # the geometry must be possible and fit the data
-            text, arrays = config_to_json(m.operator)
-            return {
-                "kind": "measurement",
-                "path": str(path),
-                "operator": json.loads(text),
-                "operator_arrays": {k: list(v.shape) for k, v in arrays.items()},
-                "data": _array_summary(m.data),
-                "ground_truth": None if m.ground_truth is None else _array_summary(m.ground_truth),
-                "attrs": m.attrs,
-            }
+            return _describe_measurement(path, read_measurement(path))
         return {"kind": "hdf5", "path": str(path), "datasets": keys}
+    from invdiff.pipeline.inputs import RAW_SUFFIXES
+
+    if suffix in RAW_SUFFIXES:  # Siemens raw data (twix): what `invdiff reconstruct` would read from it
+        from invdiff.io.twix_measurement import measurement_from_twix
+
+        return _describe_measurement(path, measurement_from_twix(path))
     from invdiff.io.images import read_images
 
     stack = read_images(path)
@@ -82,6 +73,25 @@ def describe_file(path: Path) -> dict[str, Any]:
         ds = stack.dicom_meta
         out["dicom"] = {k: str(ds.get(k)) for k in ("Modality", "SOPClassUID", "Rows", "Columns", "SeriesDescription") if k in ds}
     return out
+
+
+def _describe_measurement(path: Path, m) -> dict[str, Any]:
+    """The operator, data and attributes of a measurement, after the checks reconstruct makes."""
+    from invdiff.operators.base import config_to_json
+    from invdiff.pipeline.reconstruct import check_data, slice_operators
+
+    check_data(m)  # finite and not all zero, as reconstruct needs it
+    slice_operators(m, "cpu")(0)  # the geometry must be possible and fit the data
+    text, arrays = config_to_json(m.operator)
+    return {
+        "kind": "measurement",
+        "path": str(path),
+        "operator": json.loads(text),
+        "operator_arrays": {k: list(v.shape) for k, v in arrays.items()},
+        "data": _array_summary(m.data),
+        "ground_truth": None if m.ground_truth is None else _array_summary(m.ground_truth),
+        "attrs": m.attrs,
+    }
 
 
 def solver_details(name: str) -> dict[str, Any]:
