@@ -60,9 +60,9 @@ def describe_file(path: Path) -> dict[str, Any]:
     from invdiff.pipeline.inputs import RAW_SUFFIXES
 
     if suffix in RAW_SUFFIXES:  # Siemens raw data (twix): what `invdiff reconstruct` would read from it
-        from invdiff.io.twix_measurement import measurement_from_twix
+        from invdiff.pipeline.inputs import read_measurement_file
 
-        return _describe_measurement(path, measurement_from_twix(path))
+        return _describe_measurement(path, read_measurement_file(path))
     from invdiff.io.images import read_images
 
     stack = read_images(path)

@@ -59,6 +59,15 @@ def _read_array(path: Path, key: str | None) -> np.ndarray:
     return data
 
 
+def read_measurement_file(path: Path) -> Measurement:
+    """The measurement in an invdiff/fastMRI HDF5 file or a Siemens raw data file (``.dat``)."""
+    if path.suffix.lower() in RAW_SUFFIXES:
+        from invdiff.io.twix_measurement import measurement_from_twix
+
+        return measurement_from_twix(path)
+    return read_measurement(path)
+
+
 def load_measurement(
     path: Path,
     *,
@@ -71,12 +80,7 @@ def load_measurement(
     """A Measurement from ``path``; command-line geometry supplies or overrides the file's."""
     suffix = path.suffix.lower()
     if suffix in HDF5_SUFFIXES + RAW_SUFFIXES:
-        if suffix in RAW_SUFFIXES:
-            from invdiff.io.twix_measurement import measurement_from_twix
-
-            m = measurement_from_twix(path)
-        else:
-            m = read_measurement(path)
+        m = read_measurement_file(path)
         if operator is not None and operator != m.operator["name"]:
             raise InputError(f"{path}: holds a {m.operator['name']} measurement, not {operator}.")
         if geometry.operator_params:
