@@ -57,11 +57,9 @@ def describe_file(path: Path) -> dict[str, Any]:
         if is_measurement:
             return _describe_measurement(path, read_measurement(path))
         return {"kind": "hdf5", "path": str(path), "datasets": keys}
-    from invdiff.pipeline.inputs import RAW_SUFFIXES
+    from invdiff.pipeline.inputs import RAW_SUFFIXES, read_measurement_file
 
     if suffix in RAW_SUFFIXES:  # Siemens raw data (twix): what `invdiff reconstruct` would read from it
-        from invdiff.pipeline.inputs import read_measurement_file
-
         return _describe_measurement(path, read_measurement_file(path))
     from invdiff.io.images import read_images
 
