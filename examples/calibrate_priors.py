@@ -62,10 +62,13 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--solvers", default="default", help="comma list: 'default' (no --solver) and solver names")
     parser.add_argument("--device", default="cpu", help="where the reconstructions run (cpu or cuda)")
+    parser.add_argument("--prior-dir", type=Path, default=None,
+                        help="calibrate this prior directory (a retrained --prior, e.g. examples/gpu_session.sh's) "
+                             "instead of data/priors/<prior>; its files go to <dir>/calibration/")
     args = parser.parse_args()
     image_set, settings = PRIORS[args.prior]
     settings = args.settings.split(",") if args.settings else settings
-    prior = REPO / "data" / "priors" / args.prior
+    prior = args.prior_dir or REPO / "data" / "priors" / args.prior
     pool = load_set(image_set, 128)
     truth = calibration_slices(pool, args.slices, pick_indices(len(pool), SCORED))
     out_dir = prior / "calibration"
@@ -88,7 +91,7 @@ def main() -> None:
                               f"invdiff reconstruct {' '.join(chosen + ['--samples', '4'])} "
                               f"(examples/calibrate_priors.py --prior {args.prior})"]
             out.write_text(json.dumps(cal, indent=1) + "\n")
-            print(f"{out.relative_to(REPO)}: scale {cal['scale']:.3f}; 2 std covered {1 - cal['risk_uncalibrated']:.1%} "
+            print(f"{out}: scale {cal['scale']:.3f}; 2 std covered {1 - cal['risk_uncalibrated']:.1%} "
                   f"of the calibration pixels, {1 - cal['risk_calibrated']:.1%} after", flush=True)
 
 
