@@ -95,7 +95,7 @@ def test_the_readme_sample_gets_the_shipped_8x_calibration():
     found = shipped_calibration(prior.path, pipeline, m.operator)
     assert found is not None and found[1].name == "mri8x.json"
     assert shipped_calibration(prior.path, {**pipeline, "samples": 8}, m.operator) is None
-    more_steps = resolved_settings("diffpir", "mri", 100, None, {})  # not the 50 steps it was fitted at
+    more_steps = resolved_settings("diffpir", "mri", 150, None, {})  # not the 100 steps it was fitted at
     assert shipped_calibration(prior.path, {**pipeline, "solver_settings": more_steps}, m.operator) is None
     assert shipped_calibration(prior.path, {**pipeline, "solver_settings": resolved_settings("diffpir", "mri", None, None, {})},
                                m.operator)[1].name == "mri8x.json"
