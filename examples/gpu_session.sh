@@ -9,17 +9,18 @@
 #   copies the raw brain volumes into .gpudata/ and the wheels the GPU machine lacks into
 #   .whl/ (both ignored by git through .git/info/exclude; about 19 MB: with the 41 MB of
 #   tracked files, under the 64 MiB a lent machine's working tree may hold).
-# There (device tool: run(command="OUT=$OUT bash examples/gpu_session.sh", carry=[".whl", ".gpudata"],
+# There (device tool: run(command="bash examples/gpu_session.sh", carry=[".whl", ".gpudata"],
 # timeout_s=600)):
 #     bash examples/gpu_session.sh
 #   installs nothing system-wide (wheels into /tmp/site, invdiff from the working tree with its
-#   entry points declared beside them), prepares the slices, then in about 560 s:
+#   entry points declared beside them), prepares the slices (about 40 s), then in about 530 s:
 #     1. trains for TRAIN_SECONDS, starting from the shipped data/priors/brain128 (--init: the
 #        same network and data; its validation losses were still falling when its first run
 #        was stopped at 2500 steps);
 #     2. draws 16 samples;
 #     3. runs examples/bench_reconstruct.py with the new prior on every setting of the
-#        protocol, held-out and other subjects, 6 slices, K = 4, default solver (recon_*.json);
+#        protocol, held-out and other subjects, 3 slices, K = 4, default solver (recon_*.json;
+#        a first reading: the CPU tables of BENCHMARKS.md score 6);
 #     4. fits the default solver's calibrations for the new prior (examples/calibrate_priors.py
 #        --prior-dir).
 #   Results land in $OUT (at most 8 files of 16 MiB come back): the prior (config.json,
@@ -33,9 +34,9 @@
 # Try the plumbing on a CPU first (a tiny network from scratch, one slice per benchmark):
 #     DEVICE=cpu TRAIN_SECONDS=60 QUICK=1 BATCH=4 CHECKPOINT_EVERY=5 OUT=/tmp/gpu_out bash examples/gpu_session.sh
 #
-# Environment: DEVICE (cuda), TRAIN_SECONDS (330), BATCH (64), LR (2e-4, the first run's),
+# Environment: DEVICE (cuda), TRAIN_SECONDS (280), BATCH (64), LR (2e-4, the first run's),
 # INIT (data/priors/brain128; empty: from scratch), QUICK (0), CHECKPOINT_EVERY (250),
-# RECON_SECONDS (90 per image set), CALIBRATE_SECONDS (100), PYTHON (python3),
+# RECON_SLICES (3), RECON_SECONDS (60 per image set), CALIBRATE_SECONDS (120), PYTHON (python3),
 # WHEELS (.whl: wheels for the machine's Python, 3.12 there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,7 +64,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 DEVICE=${DEVICE:-cuda}
-TRAIN_SECONDS=${TRAIN_SECONDS:-330}
+TRAIN_SECONDS=${TRAIN_SECONDS:-280}
 BATCH=${BATCH:-64}
 QUICK=${QUICK:-0}
 LR=${LR:-2e-4}
@@ -166,13 +167,13 @@ fi
 
 step "reconstruction with the new prior on $DEVICE"
 if [[ "$QUICK" == 1 ]]; then recon=(--settings ct30 --slices 1 --samples 2); else
-    recon=(--settings ct30,ct60,mri4x,mri8x,blur --slices 6 --samples 4); fi
+    recon=(--settings ct30,ct60,mri4x,mri8x,blur --slices "${RECON_SLICES:-3}" --samples 4); fi
 priors=("$PRIOR"); [[ "${COMPARE_SHIPPED:-0}" == 1 ]] && priors+=(data/priors/brain128)
 for set in heldout other; do
     for prior in "${priors[@]}"; do
         tag=$([[ "$prior" == "$PRIOR" ]] && echo new || echo shipped)
         echo "--- set $set, prior $prior"
-        timeout "${RECON_SECONDS:-90}" $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default \
+        timeout "${RECON_SECONDS:-60}" $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default \
             --prior "$prior" --device "$DEVICE" --json "$RESULTS/recon_${set}_${tag}.json" || echo "(stopped or failed: exit $?)"
         pack
     done
@@ -182,7 +183,7 @@ done
 # to $PRIOR/calibration/
 step "calibrations of the new prior (default solver) on $DEVICE"
 if [[ "$QUICK" == 1 ]]; then cal=(--settings ct30 --slices 9); else cal=(); fi
-timeout "${CALIBRATE_SECONDS:-100}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
+timeout "${CALIBRATE_SECONDS:-120}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
     --device "$DEVICE" || echo "(stopped or failed: exit $?)"
 cp -r "$PRIOR/calibration" "$RESULTS/" && pack && echo "calibration files in results.tar"
 step "done"
