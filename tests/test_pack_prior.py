@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from invdiff.prior.store import CONFIG_NAME, EMA_NAME, RAW_NAME, load_prior, load_weights, sha256_file
+from invdiff.prior.store import CONFIG_NAME, EMA_NAME, RAW_NAME, load_prior, load_weights, save_weights, sha256_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from pack_prior import pack_raw_weights  # noqa: E402
@@ -39,9 +39,7 @@ def test_weights_beyond_the_half_range_are_refused_and_left_alone(tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     name = next(k for k, v in state.items() if v.is_floating_point() and v.numel())
     state[name].view(-1)[0] = 1e6
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out / RAW_NAME))
+    save_weights(out / RAW_NAME, state)
     digest = sha256_file(out / RAW_NAME)
     with pytest.raises(ValueError, match="float16 range"):
         pack_raw_weights(out)
