@@ -9,7 +9,9 @@
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
 with the prior and the default solver (K = 4; or each of ``--solvers`` at its own defaults),
-and ``invdiff calibrate --alpha 0.1``. The default solver's file is ``<setting>.json``, another
+and ``invdiff calibrate --alpha 0.1``. Each calibration slice is its own measurement, with its
+own seed (1 + i): for MRI its own random mask, so that the scale holds for the setting's masks,
+not for one draw, and the file records their mean sampled fraction. The default solver's file is ``<setting>.json``, another
 solver's ``<setting>.<solver>.json``. The
 calibration slices are held-out slices the benchmark does NOT score: ``--slices`` of them spread
 over the rest of the set (bench_reconstruct.py --calibrate uses the same ones). ``invdiff
@@ -75,21 +77,25 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        np.save(tmp / "truth.npy", truth)
+        for i, image in enumerate(truth):  # one file per slice: each its own mask and noise
+            np.save(tmp / f"truth_{i:02d}.npy", image[None])
         for key, solver in [(key, solver) for key in settings for solver in args.solvers.split(",")]:
             name = key if solver == "default" else f"{key}.{solver}"
-            meas, result, out = tmp / f"{key}.h5", tmp / f"{name}_recon.h5", out_dir / f"{name}.json"
+            meas, results, out = tmp / key, tmp / f"{name}_recon", out_dir / f"{name}.json"
             if not meas.exists():
-                invdiff("simulate", tmp / "truth.npy", *SIMULATE[key], "--seed", "1", "--out", meas, "-q")
+                meas.mkdir()
+                for i in range(len(truth)):
+                    invdiff("simulate", tmp / f"truth_{i:02d}.npy", *SIMULATE[key], "--seed", 1 + i,
+                            "--out", meas / f"slice_{i:02d}.h5", "-q")
             chosen = [] if solver == "default" else ["--solver", solver]
             invdiff("reconstruct", meas, "--prior", prior, *chosen, "--samples", "4", "--calibration", "none",
-                    "--device", args.device, "--out", result, "-q")
-            invdiff("calibrate", result, "--alpha", args.alpha, "--out", out, "-q")
+                    "--device", args.device, "--out-dir", results, "-q")
+            invdiff("calibrate", results, "--alpha", args.alpha, "--out", out, "-q")
             cal = json.loads(out.read_text())
             cal["sources"] = [f"{args.slices} held-out slices of the {image_set} set not scored by the benchmark, "
-                              f"simulated with: invdiff simulate {' '.join(SIMULATE[key])} --seed 1; reconstructed with: "
-                              f"invdiff reconstruct {' '.join(chosen + ['--samples', '4'])} "
-                              f"(examples/calibrate_priors.py --prior {args.prior})"]
+                              f"each simulated with: invdiff simulate {' '.join(SIMULATE[key])} --seed 1+i (slice i: "
+                              f"its own mask and noise); reconstructed with: invdiff reconstruct "
+                              f"{' '.join(chosen + ['--samples', '4'])} (examples/calibrate_priors.py --prior {args.prior})"]
             out.write_text(json.dumps(cal, indent=1) + "\n")
             print(f"{out}: scale {cal['scale']:.3f}; 2 std covered {1 - cal['risk_uncalibrated']:.1%} "
                   f"of the calibration pixels, {1 - cal['risk_calibrated']:.1%} after", flush=True)

@@ -274,6 +274,58 @@ def test_other_solver_settings_are_refused_or_not_applied(fitted, tmp_path, caps
     assert invdiff("reconstruct", meas, "--prior", prior, *base, "--steps", "3", "--calibration", older, "--out", r) == 0
 
 
+def test_random_masks_of_a_setting_get_its_calibration(tmp_path):
+    """A calibration fitted on results of several random masks records their mean sampled
+    fraction and fits the setting's other masks: a random 8x line mask of 128 lines varies by
+    about 19 % from draw to draw, more than the 20 % tolerance of other settings allows for one
+    draw fitted against another. Where two calibrations fit (4x and 8x for a 6x mask), the
+    nearest applies."""
+    from invdiff.operators.masks import random_line_mask
+
+    noise = {"kind": "gaussian", "std": 0.005}
+
+    def operator(mask):
+        return {"name": "mri", "params": {"image_shape": [1, 32, 128], "mask": mask, "noise": noise}}
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    nominal = {}
+    for acc, centre in ((4, 0.08), (8, 0.04)):
+        masks = [random_line_mask((32, 128), acc, centre, seed) for seed in range(1, 20)]  # calibrate_priors' seeds
+        fitted = calib.mean_settings([calib.operator_settings(operator(m)) for m in masks])
+        assert fitted["sampled_fraction"] == pytest.approx(np.mean([m.mean() for m in masks]), abs=1e-4)
+        assert fitted["noise"] == noise
+        nominal[acc] = fitted["sampled_fraction"]
+        cal = calib.Calibration(scale=float(acc), alpha=0.1, z=2.0, images=19, risk_calibrated=0.05,
+                                risk_uncalibrated=0.2, solver="diffpir", samples=4, std_window=1, operator="mri",
+                                operator_settings=fitted, prior_checksum="abc")
+        (folder / f"mri{acc}x.json").write_text(cal.to_json())
+    assert nominal[4] == pytest.approx(0.25, abs=0.02) and nominal[8] == pytest.approx(0.125, abs=0.015)
+    pipeline = calib.pipeline("diffpir", 4, 1, "mri", "abc", None)
+
+    def chosen(mask):
+        found = calib.shipped_calibration(tmp_path, pipeline, operator(mask))
+        return found[1].name if found else None
+
+    # 200 other draws: at 8x (16 lines expected, 9 to 29 drawn) the rest are masks of 10 lines
+    # or fewer (12.8x and more: no file fits) and of 24 or more (5.3x and less: nearer to 4x);
+    # (the shipped 4x file of 2026-12-05, fitted on one draw of 0.305, fitted 58 % of the draws
+    # at the 20 % tolerance it had then)
+    for acc, centre, share in ((4, 0.08, 0.98), (8, 0.04, 0.85)):
+        names = [chosen(random_line_mask((32, 128), acc, centre, seed)) for seed in range(100, 300)]
+        assert names.count(f"mri{acc}x.json") >= share * len(names), (acc, names.count(f"mri{acc}x.json"))
+        assert names.count(f"mri{12 // acc}x.json") <= 0.05 * len(names)
+
+    def lines(fraction):
+        return np.broadcast_to((np.arange(128) < round(fraction * 128)).astype(np.float32), (32, 128))
+
+    assert chosen(lines(1 / 6)) == "mri8x.json"  # within 35 % of both: the nearest
+    assert chosen(lines(0.23)) == "mri4x.json"
+    assert chosen(lines(0.5)) is None and chosen(lines(0.05)) is None
+    assert calib.mean_settings([{"views": 30, "noise": {"std": 1.0}}, {"views": 30, "noise": {"std": 2.0}}]) == {
+        "views": 30, "noise": {"std": 1.5}}
+
+
 def test_solver_settings_difference_is_named():
     fitted = {"steps": 20, "guidance": 1.0, "options": {"zeta": 0.3, "init": "tv"}}
     assert calib.solver_settings_differ(fitted, fitted) == []

@@ -39,7 +39,8 @@ def calibrate(
     import invdiff
     from invdiff.io.atomic import atomic_write_text
     from invdiff.io.hdf5 import read_result
-    from invdiff.pipeline.calibration import Calibration, calibrate as fit, check_alpha, operator_settings, pipeline_of
+    from invdiff.pipeline.calibration import (Calibration, calibrate as fit, check_alpha, mean_settings, operator_settings,
+                                              pipeline_of)
     from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume
     from invdiff.pipeline.inputs import HDF5_SUFFIXES
 
@@ -52,16 +53,18 @@ def calibrate(
         raise InputError(f"{results[0]}: folder holds no .h5 result files.")
     if reference is not None and len(files) > 1:
         raise InputError("--reference is for one result; results of simulated inputs take each input's ground truth.")
-    images, first, settings = [], None, None
+    images, first, settings = [], None, []
     for path in files:
         require_file(path, "result")
         res = read_result(path)
         prov = res["provenance"]
         pipeline = pipeline_of(prov, str(path))
+        summary = prov.get("operator_settings")
+        if not isinstance(summary, dict):  # a result of an invdiff that did not record them
+            summary = operator_settings(prov.get("operator") or {})
+        settings.append(summary)
         if first is None:
-            first, settings = pipeline, prov.get("operator_settings")
-            if not isinstance(settings, dict):  # a result of an invdiff that did not record them
-                settings = operator_settings(prov.get("operator") or {})
+            first = pipeline
         elif pipeline != first:
             differ = [k for k in first if first[k] != pipeline[k]]
             raise InputError(f"{path}: made with another {', '.join(differ)} than {files[0]}; calibrate one pipeline at a time.")
@@ -75,7 +78,7 @@ def calibrate(
         images.extend(zip(truth, res["reconstruction"], res["std"]))
     scale, risk_cal, risk_raw = fit(images, alpha, z)
     cal = Calibration(scale=scale, alpha=alpha, z=z, images=len(images), risk_calibrated=risk_cal,
-                      risk_uncalibrated=risk_raw, operator_settings=settings, sources=[str(f) for f in files],
+                      risk_uncalibrated=risk_raw, operator_settings=mean_settings(settings), sources=[str(f) for f in files],
                       invdiff_version=invdiff.__version__, **first)
     atomic_write_text(out, cal.to_json())
     if json_out:

@@ -257,6 +257,32 @@ def check_prior_fits(prior, op: Operator, source: str) -> None:
         raise InputError(f"{source}: the image size {h}x{w} is not a multiple of {multiple}, which this prior needs.")
 
 
+def with_prior_defaults(s: Settings, prior, operator: str) -> tuple[Settings, dict[str, Any]]:
+    """``s`` with the solver settings a prior ships for its solver and operator kind, and what
+    was taken from them. A prior's config.json may hold ``solver_defaults``, ``{solver:
+    {operator: {"steps": int, "guidance": float, "options": {name: value}}}}``: the values tuned
+    for that prior (the head-CT prior's diffpir guidance on CT, data/priors/ct128/TRAINING.md),
+    which replace the solver's own defaults for it. Each applies only where the run did not set
+    it: --steps, --guidance and --option NAME=VALUE win."""
+    table = (getattr(prior, "config", None) or {}).get("solver_defaults") or {}
+    mine = table.get(s.solver, {}).get(operator, {}) if isinstance(table, dict) else None
+    if not isinstance(mine, dict) or not all(k in ("steps", "guidance", "options") for k in mine):
+        raise InputError(f"{getattr(prior, 'path', 'the prior')}: config.json's solver_defaults for {s.solver} on "
+                         f"{operator} must map steps, guidance and options; edit or remove it.")
+    taken: dict[str, Any] = {}
+    if "steps" in mine and s.steps is None:
+        taken["steps"] = mine["steps"]
+    if "guidance" in mine and s.guidance is None:
+        taken["guidance"] = mine["guidance"]
+    options = {k: str(v) for k, v in (mine.get("options") or {}).items() if k not in (s.options or {})}
+    if options:
+        taken["options"] = options
+    if not taken:
+        return s, taken
+    return replace(s, steps=taken.get("steps", s.steps), guidance=taken.get("guidance", s.guidance),
+                   options={**options, **(s.options or {})}), taken
+
+
 def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: None) -> Result:
     from invdiff.solvers.averaging import posterior_moments
     from invdiff.solvers.base import initial_estimate, operator_name, resolved_settings, run_solver_with_info
@@ -269,6 +295,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     op_for = slice_operators(m, device)
     op0 = op_for(0)
     check_prior_fits(prior, op0, source)
+    s, from_prior = with_prior_defaults(s, prior, operator_name(op0))
     operator_summary = calib.operator_settings(m.operator)  # views, sampled fraction, noise: for calibrate
     settings = resolved_settings(s.solver, operator_name(op0), s.steps, s.guidance, s.options)
     pipeline = calib.pipeline(s.solver, s.samples, s.std_window, m.operator["name"], getattr(prior, "checksum", None),
@@ -328,6 +355,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     info = {
         "solver": s.solver,
         **settings,  # the steps, guidance and options each slice ran with (resolve_settings)
+        **({"prior_solver_defaults": from_prior} if from_prior else {}),  # those of them the prior set
         "discrepancy_mean": float(np.mean(discrepancies)) if discrepancies else None,
         "samples": s.samples,
         "std_window": s.std_window,
