@@ -64,7 +64,8 @@ def test_a_malformed_entry_is_refused(setup, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(tuned, broken)
     config = json.loads((broken / "config.json").read_text())
-    config["solver_defaults"]["dds"]["radon"] = {"stepz": 3}
-    (broken / "config.json").write_text(json.dumps(config))
-    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", broken, "--solver", "dds", "--samples", "2",
-                                  "--out", tmp_path / "r.h5"], "solver_defaults", "steps, guidance and options")
+    for bad in ({"radon": {"stepz": 3}}, {"radon": {"options": [1]}}, ["radon"]):
+        config["solver_defaults"]["dds"] = bad
+        (broken / "config.json").write_text(json.dumps(config))
+        expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", broken, "--solver", "dds", "--samples", "2",
+                                      "--out", tmp_path / "r.h5"], "solver_defaults", "steps, guidance and options")

@@ -265,8 +265,10 @@ def with_prior_defaults(s: Settings, prior, operator: str) -> tuple[Settings, di
     which replace the solver's own defaults for it. Each applies only where the run did not set
     it: --steps, --guidance and --option NAME=VALUE win."""
     table = (getattr(prior, "config", None) or {}).get("solver_defaults") or {}
-    mine = table.get(s.solver, {}).get(operator, {}) if isinstance(table, dict) else None
-    if not isinstance(mine, dict) or not all(k in ("steps", "guidance", "options") for k in mine):
+    per_solver = table.get(s.solver, {}) if isinstance(table, dict) else None
+    mine = per_solver.get(operator, {}) if isinstance(per_solver, dict) else None
+    if (not isinstance(mine, dict) or not all(k in ("steps", "guidance", "options") for k in mine)
+            or not isinstance(mine.get("options", {}), dict)):
         raise InputError(f"{getattr(prior, 'path', 'the prior')}: config.json's solver_defaults for {s.solver} on "
                          f"{operator} must map steps, guidance and options; edit or remove it.")
     taken: dict[str, Any] = {}
