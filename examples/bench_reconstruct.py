@@ -28,6 +28,7 @@ operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --pri
 ``--calibrate N --calibration-set heldout,other`` also fits, per solver row and calibration
 set, the std scale of ``invdiff calibrate`` (conformal risk control at ``--alpha``,
 invdiff/pipeline/calibration.py) on N slices of that set that are not among the scored ones,
+each simulated with its own seed (1 + i; for MRI its own random mask, as the shipped files are),
 and reports the 2-std coverage of the scaled std on the scored slices. ``--shipped-calibration``
 reports it with the scale shipped with the prior (``<prior>/calibration/*.json``, what
 ``invdiff reconstruct --calibration auto`` applies; ``-`` where none fits the row).
@@ -241,10 +242,12 @@ def main() -> None:
             )
             scales = {}
             for c in cal_sets:  # the same pipeline on the calibration slices, then the scale on the scored ones
-                truth = cal_images[c]
-                mc = simulate(truth * unit, op_name, geometry_for(geometry), seed=1, device="cpu", **noise)
-                rc = run_prior(mc, s, prior_for(op_name), device)
-                scales[c], _, _ = calibrate(list(zip(truth, magnitude(rc.reconstruction) / unit, rc.std / unit)), args.alpha)
+                triples = []
+                for i, truth in enumerate(cal_images[c]):  # each slice its own draw (MRI: its own mask), as shipped
+                    mc = simulate(truth[None] * unit, op_name, geometry_for(geometry), seed=1 + i, device="cpu", **noise)
+                    rc = run_prior(mc, s, prior_for(op_name), device)
+                    triples.append((truth, magnitude(rc.reconstruction)[0] / unit, rc.std[0] / unit))
+                scales[c], _, _ = calibrate(triples, args.alpha)
             if args.shipped_calibration:  # what `invdiff reconstruct --calibration auto` would apply
                 prior = prior_for(op_name)
                 ran = {k: res.info[k] for k in ("steps", "guidance", "options")}  # a file fitted at other steps does not apply
