@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import platform
 import re
@@ -147,6 +148,8 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(todo)}")
         todo = {k: v for k, v in todo.items() if any(selects(w, k) for w in wanted)}
+    if not args.dry_run and importlib.util.find_spec("invdiff") is None:
+        sys.exit("bench_suite: invdiff is not installed in this Python; run `pip install -e .` in the repository first.")
     text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
     for name, command in todo.items():
         shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c
