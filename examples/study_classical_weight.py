@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,13 @@ from scipy.ndimage import gaussian_filter
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_reconstruct as bench  # noqa: E402
+from invdiff import metrics  # noqa: E402
 from invdiff.pipeline.defaults import default_prior_for, default_solver_for  # noqa: E402
 from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior  # noqa: E402
 from invdiff.prior.store import load_prior  # noqa: E402
 
 
-def psnr(truth: np.ndarray, x: np.ndarray) -> float:
-    return float(-10 * np.log10(np.mean((truth - x) ** 2)))
+psnr = partial(metrics.psnr, data_range=1.0)  # the benchmark's: images in [0, 1]
 
 
 def blends(truth: np.ndarray, tv: np.ndarray, samples: np.ndarray) -> dict[str, float]:
