@@ -145,6 +145,27 @@ def test_bad_inputs(tmp_path, brain64, capsys):
     assert "radon" in _bad(tmp_path, capsys, "simulate", brain64, "--operator", "nosuch", "--out", out)
 
 
+def test_result_never_overwrites_the_measurement(tmp_path, brain64, capsys):
+    """--out (or --out-dir) naming the input file is refused before anything is written."""
+    meas = tmp_path / "m.h5"
+    assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
+    original = meas.read_bytes()
+    assert "overwrite the measurement" in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", meas)
+    assert "overwrite the measurement" in _bad(
+        tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "." / "m.h5"
+    )
+    assert "overwrite the measurement" in _bad(tmp_path, capsys, "reconstruct", tmp_path, "--method", "fbp", "--out-dir", tmp_path)
+    assert meas.read_bytes() == original
+
+
+def test_solver_settings_refused_with_a_classical_method(tmp_path, brain64, capsys):
+    meas = tmp_path / "m.h5"
+    assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
+    out = tmp_path / "out.h5"
+    for extra in (["--steps", "-1"], ["--guidance", "2"], ["--option", "snr=0.1"]):
+        assert "--method" in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "tv", *extra, "--out", out)
+
+
 def test_console_script_exit_code(tmp_path):
     """The installed entry point maps bad input to exit code 2 in a real process."""
     proc = subprocess.run(

@@ -69,6 +69,14 @@ def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path
     return [out_dir / f"{p.stem}.h5" for p in inputs]
 
 
+def _refuse_overwriting_inputs(inputs: list[Path], outputs: list[Path]) -> None:
+    """Refuse a result path that is one of the measurement files: writing it would destroy the data."""
+    measured = {p.resolve() for p in inputs}
+    for o in outputs:
+        if o.resolve() in measured:
+            raise InputError(f"the result {o} would overwrite the measurement it is made from; choose another --out or --out-dir.")
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -136,6 +144,8 @@ def reconstruct(
     from invdiff.pipeline.pooling import check_window
 
     check_window(std_window)
+    if method is not None and (steps is not None or guidance is not None or option):
+        raise InputError("--steps, --guidance and --option set a prior's solver; a --method takes --weight and --iterations.")
     if method is not None and std_window != 1:
         raise InputError("--std-window pools the posterior variance of a prior's samples; a --method has none.")
     the_calibration, calibration_path = None, None
@@ -154,6 +164,7 @@ def reconstruct(
         raise InputError(f"--image-size must be at least 1, got {image_size}.")
     files = expand_inputs(inputs)
     outputs = _outputs_for(files, out, out_dir)
+    _refuse_overwriting_inputs(files, outputs)
     for o in outputs:
         check_output(o)
     if len(files) > 1 and (png is not None or dicom is not None):
