@@ -145,17 +145,22 @@ def test_bad_inputs(tmp_path, brain64, capsys):
     assert "radon" in _bad(tmp_path, capsys, "simulate", brain64, "--operator", "nosuch", "--out", out)
 
 
-def test_result_never_overwrites_the_measurement(tmp_path, brain64, capsys):
-    """--out (or --out-dir) naming the input file is refused before anything is written."""
+def test_outputs_never_overwrite_inputs(tmp_path, brain64, capsys):
+    """An output path naming an input file (or another output) is refused before anything is written."""
     meas = tmp_path / "m.h5"
     assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
     original = meas.read_bytes()
-    assert "overwrite the measurement" in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", meas)
-    assert "overwrite the measurement" in _bad(
-        tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "." / "m.h5"
-    )
-    assert "overwrite the measurement" in _bad(tmp_path, capsys, "reconstruct", tmp_path, "--method", "fbp", "--out-dir", tmp_path)
+    phrase = "would overwrite the input"
+    assert phrase in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", meas)
+    assert phrase in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "." / "m.h5")
+    assert phrase in _bad(tmp_path, capsys, "reconstruct", tmp_path, "--method", "fbp", "--out-dir", tmp_path)
+    assert phrase in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "r.h5", "--png", meas)
+    assert phrase in _bad(tmp_path, capsys, "simulate", meas, "--operator", "radon", "--key", "ground_truth", "--out", meas)
     assert meas.read_bytes() == original
+    assert "two outputs" in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "r.h5",
+                                 "--png", tmp_path / "r.h5")
+    assert phrase in _bad(tmp_path, capsys, "calibrate", meas, "--out", meas)
+    assert "two outputs" in _bad(tmp_path, capsys, "sample", "-n", "1", "--out", tmp_path / "s.h5", "--png", tmp_path / "s.h5")
 
 
 def test_solver_settings_refused_with_a_classical_method(tmp_path, brain64, capsys):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import JsonOpt, QuietOpt, check_output, emit_json, require_file
+from invdiff.cli.common import JsonOpt, QuietOpt, check_output, emit_json, refuse_clobbering, require_file
 from invdiff.errors import InputError
 
 
@@ -51,6 +51,7 @@ def calibrate(
         files.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in HDF5_SUFFIXES) if p.is_dir() else [p])
     if not files:
         raise InputError(f"{results[0]}: folder holds no .h5 result files.")
+    refuse_clobbering(files + ([reference] if reference is not None else []), [out])
     if reference is not None and len(files) > 1:
         raise InputError("--reference is for one result; results of simulated inputs take each input's ground truth.")
     images, first, settings = [], None, []

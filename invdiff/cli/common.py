@@ -141,6 +141,23 @@ def require_file(path: Path, what: str = "input") -> Path:
     return path
 
 
+def refuse_clobbering(inputs: list[Path], outputs: list[Path]) -> None:
+    """InputError if an output path is one of the input files, or two outputs are the same file.
+
+    Checked before anything is read or written: an output that resolves to an input would
+    replace the data it is made from, and two equal outputs would leave only the last one.
+    """
+    read = {p.resolve() for p in inputs if p.is_file()}
+    seen: set[Path] = set()
+    for o in outputs:
+        r = o.resolve()
+        if r in read:
+            raise InputError(f"the output {o} would overwrite the input it is made from; choose another output path.")
+        if r in seen:
+            raise InputError(f"{o} is given for two outputs; each needs its own path.")
+        seen.add(r)
+
+
 def check_output(path: Path, overwrite: bool = True) -> Path:
     """InputError if the output's folder cannot be created or the path is a folder."""
     if path.exists() and path.is_dir():

@@ -16,6 +16,7 @@ from invdiff.cli.common import (
     QuietOpt,
     SeedOpt,
     check_output,
+    refuse_clobbering,
     emit_json,
     progress_bar,
     resolve_device,
@@ -67,14 +68,6 @@ def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path
     if len(set(names)) != len(names):
         raise InputError("two inputs share a file name; their results would overwrite each other in --out-dir.")
     return [out_dir / f"{p.stem}.h5" for p in inputs]
-
-
-def _refuse_overwriting_inputs(inputs: list[Path], outputs: list[Path]) -> None:
-    """Refuse a result path that is one of the measurement files: writing it would destroy the data."""
-    measured = {p.resolve() for p in inputs}
-    for o in outputs:
-        if o.resolve() in measured:
-            raise InputError(f"the result {o} would overwrite the measurement it is made from; choose another --out or --out-dir.")
 
 
 @app.command(
@@ -164,7 +157,7 @@ def reconstruct(
         raise InputError(f"--image-size must be at least 1, got {image_size}.")
     files = expand_inputs(inputs)
     outputs = _outputs_for(files, out, out_dir)
-    _refuse_overwriting_inputs(files, outputs)
+    refuse_clobbering(files, outputs + ([png] if png is not None and len(files) == 1 else []))
     for o in outputs:
         check_output(o)
     if len(files) > 1 and (png is not None or dicom is not None):

@@ -13,7 +13,7 @@ import typer
 
 from invdiff.cli.app import app
 from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, make_generator,
-                                progress_bar, resolve_device, show_progress)
+                                progress_bar, refuse_clobbering, resolve_device, show_progress)
 from invdiff.errors import InputError
 
 EXAMPLES = """
@@ -95,6 +95,7 @@ def sample(
     check_output(out)
     if png is not None:
         check_output(png)
+        refuse_clobbering([], [out, png])
     dev = resolve_device(device)
     prior_path = default_prior_path() if prior_dir is None else prior_dir
     prior = load_prior(prior_path, dev)

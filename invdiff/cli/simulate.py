@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, resolve_device
+from invdiff.cli.common import DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, refuse_clobbering, resolve_device
 from invdiff.cli.options import (
     AccelerationOpt,
     AnglesOpt,
@@ -75,6 +75,7 @@ def simulate(
 
     start = time.perf_counter()
     check_output(out)
+    refuse_clobbering([image], [out])
     dev = resolve_device(device)
     stack = read_images(image, key=key, axis=axis)
     data = stack.data
