@@ -16,9 +16,9 @@ from invdiff.cli.common import (
     QuietOpt,
     SeedOpt,
     check_output,
-    refuse_clobbering,
     emit_json,
     progress_bar,
+    refuse_clobbering,
     resolve_device,
     show_progress,
 )
