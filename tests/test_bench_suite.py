@@ -1,0 +1,61 @@
+"""examples/bench_suite.py: section splicing and the data preparation before the first section."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+import bench_suite  # noqa: E402
+
+
+def test_splice_replaces_a_section_and_appends_a_missing_one():
+    text = "# B\n\n<!-- bench:a -->\nold\n<!-- /bench:a -->\n\nnotes\n"
+    out = bench_suite.splice(text, "a", "new table")
+    assert "new table" in out and "old" not in out and out.endswith("notes\n")
+    out = bench_suite.splice(out, "b", "b table")
+    assert out.rstrip().endswith("<!-- bench:b -->\nb table\n<!-- /bench:b -->")
+
+
+def test_prepare_data_runs_only_the_scripts_whose_output_is_missing(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    scripts = tmp_path / "examples"
+    scripts.mkdir()
+    # a fake fetch_data.py (bench_suite imports cache_dir from it) and two prepare scripts that
+    # record each run in the cache
+    (scripts / "fetch_data.py").write_text(
+        "import os, sys\nfrom pathlib import Path\n"
+        "def cache_dir():\n    return Path(os.environ['INVDIFF_CACHE'])\n"
+        "if __name__ == '__main__':\n"
+        "    cache_dir().mkdir(parents=True, exist_ok=True)\n"
+        "    open(cache_dir() / 'log', 'a').write('fetch\\n')\n")
+    for name in ("make_a", "make_b"):
+        (scripts / f"{name}.py").write_text(
+            "import os, sys\nfrom pathlib import Path\nc = Path(os.environ['INVDIFF_CACHE'])\n"
+            f"(c / '{name}.npy').write_text('x')\nopen(c / 'log', 'a').write('{name} ' + ' '.join(sys.argv[1:]) + '\\n')\n")
+    monkeypatch.setenv("INVDIFF_CACHE", str(cache))
+    monkeypatch.setattr(bench_suite, "HERE", scripts)
+    monkeypatch.setattr(bench_suite, "PREPARE", ((["fetch_data.py"], None), (["make_a.py", "--size", "8"], "make_a.npy"),
+                                                 (["make_b.py"], "make_b.npy")))
+    cache.mkdir()
+    (cache / "make_b.npy").write_text("already there")
+    bench_suite.prepare_data()
+    assert (cache / "log").read_text().split("\n")[:2] == ["fetch", "make_a --size 8"]
+    assert (cache / "make_b.npy").read_text() == "already there"
+    bench_suite.prepare_data()  # everything there now: only the checksum pass of fetch_data runs again
+    assert (cache / "log").read_text().count("make_a") == 1
+
+
+def test_prepare_data_stops_with_one_sentence_when_a_script_fails(tmp_path, monkeypatch):
+    scripts = tmp_path / "examples"
+    scripts.mkdir()
+    (scripts / "fetch_data.py").write_text("import os\nfrom pathlib import Path\n"
+                                           "def cache_dir():\n    return Path(os.environ['INVDIFF_CACHE'])\n")
+    (scripts / "broken.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setenv("INVDIFF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench_suite, "HERE", scripts)
+    monkeypatch.setattr(bench_suite, "PREPARE", ((["broken.py"], "never.npy"),))
+    with pytest.raises(SystemExit, match="broken.py failed"):
+        bench_suite.prepare_data()
