@@ -65,6 +65,8 @@ def test_train_then_resume_end_to_end(data, tmp_path, capsys):
     (["--window", "1,0", "--normalise", "window"], "--window"),
     (["--sigma-data", "big"], "--sigma-data"),
     (["--device", "tpu"], "--device"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--ema", "1"], "--ema"),
 ])
 def test_bad_options_exit_2_with_one_sentence(data, tmp_path, capsys, args, message):
     argv = ["train", str(data), "--out", str(tmp_path / "p"), *TINY, "--steps", "1"]

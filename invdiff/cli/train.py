@@ -114,6 +114,8 @@ def train(
         raise InputError(f"--channels must be 1 or 2, got {channels}.")
     if not 0 <= ema < 1:
         raise InputError(f"--ema must lie in [0, 1), got {ema}.")
+    if not 0 <= dropout < 1:
+        raise InputError(f"--dropout must lie in [0, 1), got {dropout}.")
     mults = _ints(channel_mults, "--channel-mults")
     if not mults or min(mults) < 1:
         raise InputError(f"--channel-mults '{channel_mults}' needs at least one positive integer.")
