@@ -12,7 +12,8 @@ from helpers_operators import DenseOperator, FastGaussianDenoiser, random_covari
 from invdiff.errors import DivergenceError, InputError
 from invdiff.operators.base import OPERATORS, get_operator_class
 from invdiff.operators.noise import NoiseModel
-from invdiff.solvers.base import SOLVERS, CommonOptions, Solver, StepInfo, get_solver, run_solver, run_solver_with_info
+from invdiff.solvers.base import (SOLVERS, CommonOptions, Solver, StepInfo, get_solver, parse_options, run_solver,
+                                 run_solver_with_info)
 from invdiff.solvers.cg import conjugate_gradient, normal_matvec, pseudo_inverse, solve_data_proximal
 from invdiff.solvers.langevin import _sqrt_series, coupling_schedule
 
@@ -225,3 +226,36 @@ def test_divergence_stops_the_run_at_the_bad_step(dense_op, solver_name):
     with pytest.raises(DivergenceError, match=r"diverged at step 3 of 10"):
         run_solver(solver_name, dense_op, y, bad, steps=10, generator=torch.Generator().manual_seed(0))
     assert bad.calls == 3  # stopped at once, not after all ten steps
+
+
+@pytest.mark.parametrize(
+    "solver_name, options, phrase",
+    [("diffpir", {"zeta": "1.5"}, "zeta of solver diffpir must be between 0 and 1"),
+     ("dds", {"eta": "-0.1"}, "eta of solver dds must be between 0 and 1"),
+     ("ddnm", {"cg_iters": "0"}, "cg_iters of solver ddnm must be >= 1"),
+     ("dps", {"eta": "2"}, "eta of solver dps"),
+     ("pc", {"snr": "-1"}, "snr of solver pc must be >= 0"),
+     ("pc", {"corrector_steps": "-1"}, "corrector_steps"),
+     ("langevin", {"inner_steps": "0"}, "inner_steps"),
+     ("langevin", {"anneal": "1.5"}, "anneal"),
+     ("langevin", {"rho_min": "-1"}, "rho_min"),
+     ("diffpir", {"sigma_start": "-1"}, "sigma_start of solver diffpir must be >= 0"),
+     ("diffpir", {"sigma_end": "-0.5"}, "sigma_end"),
+     ("diffpir", {"sigma_start": "0.2", "sigma_end": "0.3"}, "sigma_end .0.3. must be below sigma_start"),
+     ("diffpir", {"classical_weight": "2"}, "classical_weight of solver diffpir must be between 0 and 1"),
+     ("diffpir", {"adapt_rank": "0"}, "adapt_rank"),
+     ("diffpir", {"adapt_lr": "0"}, "adapt_lr")],
+)
+def test_option_outside_its_range_is_refused(solver_name, options, phrase):
+    with pytest.raises(InputError, match=phrase):
+        parse_options(get_solver(solver_name), options)
+
+
+@pytest.mark.parametrize("solver_name", sorted(SOLVERS.names()))
+def test_every_tuned_default_lies_in_its_range(solver_name):
+    """The shipped per-operator defaults (and the bare dataclass defaults) pass the range check."""
+    solver = get_solver(solver_name)
+    parse_options(solver, {})
+    for operator_name in solver.defaults:
+        preset = {k: v for k, v in solver.defaults_for(operator_name).items() if k not in ("steps", "guidance")}
+        parse_options(solver, preset)

@@ -27,7 +27,7 @@ import math
 import time
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -56,7 +56,16 @@ ANY_OPERATOR = "*"
 
 @dataclass
 class CommonOptions:
-    """Options every solver accepts."""
+    """Options every solver accepts.
+
+    ``RANGES`` maps a numeric option to its allowed closed interval (None: unbounded); a
+    subclass adds its own, and ``parse_options`` refuses a value outside with one sentence.
+    """
+
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "sigma_start": (0.0, None), "sigma_end": (0.0, None), "classical_weight": (0.0, 1.0),
+        "adapt_iters": (0, None), "adapt_rank": (1, None),
+    }
 
     data_weight: str = "1"
     """Likelihood multiplier (a positive number), or 'auto' for diffpir and dds: every data
@@ -218,6 +227,19 @@ def _parse_value(solver: str, key: str, raw: Any, kind: Any) -> Any:
     return text
 
 
+def check_ranges(solver_name: str, opts: Any) -> None:
+    """InputError for the first option outside its interval in ``RANGES`` (merged over the class's bases)."""
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    for cls in reversed(type(opts).__mro__):
+        ranges.update(cls.__dict__.get("RANGES", {}))
+    for name, (low, high) in ranges.items():
+        value = getattr(opts, name)
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"between {low:g} and {high:g}" if low is not None and high is not None else (
+                f">= {low:g}" if low is not None else f"<= {high:g}")
+            raise InputError(f"option {name} of solver {solver_name} must be {bounds}, got {value:g}.")
+
+
 def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[str, Any] | None = None) -> Any:
     """Build ``solver.options_type`` from preset values overridden by the user's ``options``.
 
@@ -235,13 +257,15 @@ def parse_options(solver: Solver, options: dict[str, Any] | None, preset: dict[s
                 )
             values[key] = _parse_value(solver.name, key, raw, hints[key])
     opts = solver.options_type(**values)
+    check_ranges(solver.name, opts)
     if isinstance(opts, CommonOptions):
         from invdiff.classical.methods import get_method
-        from invdiff.solvers.averaging import check_weight
 
-        check_weight(opts.classical_weight)
-        if opts.adapt_iters < 0 or opts.adapt_rank < 1 or not opts.adapt_lr > 0:
-            raise InputError(f"solver {solver.name}: adapt_iters must be >= 0, adapt_rank >= 1 and adapt_lr > 0.")
+        if not opts.adapt_lr > 0:
+            raise InputError(f"option adapt_lr of solver {solver.name} must be > 0, got {opts.adapt_lr:g}.")
+        if 0 < opts.sigma_start <= opts.sigma_end:
+            raise InputError(f"solver {solver.name}: sigma_end ({opts.sigma_end:g}) must be below sigma_start "
+                             f"({opts.sigma_start:g}); the schedule runs from sigma_start down to sigma_end.")
         for field in ("init", "classical_method"):
             method = getattr(opts, field)
             if method != "direct":

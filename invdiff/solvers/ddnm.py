@@ -35,6 +35,8 @@ from invdiff.solvers.likelihood import precision, resolve_data_weight
 
 @dataclass
 class DDNMOptions(CommonOptions):
+    RANGES = {"eta": (0.0, 1.0), "cg_iters": (1, None)}
+
     eta: float = 0.85
     """DDIM stochasticity (0: deterministic, 1: ancestral); the paper uses 0.85."""
     cg_iters: int = 10

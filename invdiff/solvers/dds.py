@@ -26,6 +26,8 @@ from invdiff.solvers.likelihood import is_auto, measurement_dof, precision, reso
 
 @dataclass
 class DDSOptions(CommonOptions):
+    RANGES = {"eta": (0.0, 1.0), "cg_iters": (1, None)}
+
     eta: float = 0.85
     """DDIM stochasticity (0: deterministic, 1: ancestral); the paper uses 0.85."""
     cg_iters: int = 5

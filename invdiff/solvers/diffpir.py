@@ -28,6 +28,8 @@ from invdiff.solvers.likelihood import is_auto, measurement_dof, precision, reso
 
 @dataclass
 class DiffPIROptions(CommonOptions):
+    RANGES = {"zeta": (0.0, 1.0), "cg_iters": (1, None)}
+
     zeta: float = 0.3
     """Fraction of fresh noise when re-noising (0: deterministic, 1: all fresh)."""
     cg_iters: int = 10
@@ -38,7 +40,7 @@ def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DiffPIROpti
     """DiffPIR sample ``(B, C, H, W)`` for y ``(B, *measurement_shape)`` (see module docstring)."""
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
     auto, dof = is_auto(opts.data_weight), measurement_dof(operator)
-    zeta = min(max(opts.zeta, 0.0), 1.0)
+    zeta = opts.zeta
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

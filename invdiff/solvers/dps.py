@@ -30,6 +30,8 @@ from invdiff.solvers.likelihood import operator_norm, precision, resolve_data_we
 
 @dataclass
 class DPSOptions(CommonOptions):
+    RANGES = {"eta": (0.0, 1.0)}
+
     eta: float = 1.0
     """Ancestral noise of the sampler (1: DDPM-like as in the paper, 0: DDIM)."""
 

@@ -48,6 +48,9 @@ _SAFETY = 0.5  # c * ||A^H W A|| <= _SAFETY keeps the square-root series fast an
 
 @dataclass
 class LangevinOptions(CommonOptions):
+    RANGES = {"inner_steps": (1, None), "inner_rho": (1e-3, None), "cg_iters": (1, None), "series_terms": (1, None),
+              "rho_max": (0.0, None), "rho_min": (0.0, None), "anneal": (0.0, 1.0)}
+
     inner_steps: int = 8
     """Reverse-diffusion steps of each prior draw x | z (from rho to sigma_min)."""
     inner_rho: float = 1.0

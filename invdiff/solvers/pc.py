@@ -30,6 +30,8 @@ from invdiff.solvers.likelihood import precision, resolve_data_weight
 
 @dataclass
 class PCOptions(CommonOptions):
+    RANGES = {"snr": (0.0, None), "corrector_steps": (0, None), "cg_iters": (1, None)}
+
     snr: float = 0.16
     """Signal-to-noise ratio of the Langevin corrector (Song et al. 2021 use 0.16 for VE)."""
     corrector_steps: int = 1
