@@ -118,7 +118,7 @@ def reconstruct(
     psf: PsfOpt = None,
     boundary: BoundaryOpt = None,
     operator_params: OperatorParamsOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per batch for classical methods.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per batch for classical methods; posterior samples per network batch for a prior (a smaller batch needs less memory).")] = 16,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and stop.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",

@@ -4,8 +4,9 @@ Data flow (DESIGN.md): file -> io -> operator + prior -> solver -> io -> file. T
 the "operator + prior -> solver" step for a whole stack of slices:
 
 * a classical method (``method``) runs on batches of slices;
-* a diffusion solver runs slice by slice on a batch of K = ``samples`` copies of the slice,
-  in units z where the physical image is ``scale * z``: for a prior normalised per slice by
+* a diffusion solver runs slice by slice on K = ``samples`` copies of the slice, at most
+  ``batch`` of them per network batch (so that a large K cannot exhaust the memory; K <= batch,
+  the usual case, is one batch), in units z where the physical image is ``scale * z``: for a prior normalised per slice by
   a percentile of |x| (99.5 by default), ``scale`` is that percentile of |direct
   reconstruction| over the volume and z is the prior's own units; for a prior normalised by
   a fixed window, the window sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
@@ -50,7 +51,7 @@ class Settings:
     calibration: Any = None  # a Calibration (std -> scale * std), "auto" (one shipped with the prior) or None
     calibration_path: Any = None  # the file it came from, for the provenance
     seed: int = 0
-    batch: int = 16
+    batch: int = 16  # slices per classical batch; posterior samples per network batch
 
 
 @dataclass
@@ -321,21 +322,24 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         op = op_for(i)
         y = _tensor(m.data[i : i + 1], device, op.dtype)
         op.check_measurement(y, source)
-        y_k = y.expand(s.samples, *y.shape[1:]).clone()
         op_s = op.scaled(scale)
-        x_n, solver_info = run_solver_with_info(
-            s.solver,
-            op_s,
-            y_k,
-            denoiser,
-            steps=s.steps,
-            guidance=s.guidance,
-            options=s.options,
-            generator=generator,
-        )
-        nfe_total += solver_info.nfe
-        discrepancies.extend(solver_info.discrepancy)
-        x = (x_n.detach() * scale).double()
+        chunks = []
+        for first in range(0, s.samples, s.batch):  # the K samples, at most s.batch per network batch
+            y_k = y.expand(min(s.batch, s.samples - first), *y.shape[1:]).clone()
+            x_n, solver_info = run_solver_with_info(
+                s.solver,
+                op_s,
+                y_k,
+                denoiser,
+                steps=s.steps,
+                guidance=s.guidance,
+                options=s.options,
+                generator=generator,
+            )
+            discrepancies.extend(solver_info.discrepancy)
+            chunks.append(x_n.detach())
+        nfe_total += solver_info.nfe  # evaluations per sample: the same in every chunk
+        x = (torch.cat(chunks) * scale).double()
         beta = float(solver_info.options.get("classical_weight", 0.0))
         classical = None
         if beta > 0:
