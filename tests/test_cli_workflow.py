@@ -163,6 +163,33 @@ def test_outputs_never_overwrite_inputs(tmp_path, brain64, capsys):
     assert "two outputs" in _bad(tmp_path, capsys, "sample", "-n", "1", "--out", tmp_path / "s.h5", "--png", tmp_path / "s.h5")
 
 
+def test_dicom_folder_is_replaced_only_when_it_holds_an_earlier_invdiff_series(tmp_path, brain64, capsys):
+    """Writing a series replaces the --dicom folder, so a folder with anything else in it (the
+    input, a working directory, a scanner's series) is refused before any work, and kept."""
+    import pydicom
+
+    meas = tmp_path / "m.h5"
+    assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
+    (tmp_path / "notes.txt").write_text("precious")
+    phrase = "holds other files"
+    assert phrase in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "r.h5", "--dicom", tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "precious" and meas.exists()
+    series = tmp_path / "series"
+    assert "lies in the --dicom folder" in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp",
+                                                "--out", series / "r.h5", "--dicom", series)
+    # an earlier invdiff series is replaced (a re-run)
+    assert invdiff("reconstruct", meas, "--method", "fbp", "--out", tmp_path / "r.h5", "--dicom", series, "-q") == 0
+    assert invdiff("reconstruct", meas, "--method", "tv", "--out", tmp_path / "r2.h5", "--dicom", series, "-q") == 0
+    assert sorted(p.name for p in series.iterdir()) == ["IM00001.dcm", "IM00002.dcm"]
+    assert pydicom.dcmread(series / "IM00001.dcm").SeriesDescription == "invdiff tv"
+    # a file of the same name from another source is not ours to delete
+    foreign = pydicom.dcmread(series / "IM00002.dcm")
+    foreign.Manufacturer = "ACME"
+    foreign.save_as(series / "IM00002.dcm")
+    assert phrase in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "fbp", "--out", tmp_path / "r3.h5", "--dicom", series)
+    assert pydicom.dcmread(series / "IM00002.dcm").Manufacturer == "ACME"
+
+
 def test_solver_settings_refused_with_a_classical_method(tmp_path, brain64, capsys):
     meas = tmp_path / "m.h5"
     assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0

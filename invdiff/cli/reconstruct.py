@@ -70,6 +70,21 @@ def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path
     return [out_dir / f"{p.stem}.h5" for p in inputs]
 
 
+def _check_dicom_folders(inputs: list[Path], outputs: list[Path], png: Optional[Path], dicom) -> None:
+    """Before any work: each DICOM series folder must be new, empty or an earlier invdiff series
+    (writing it replaces the folder), and hold none of the inputs and other outputs."""
+    from invdiff.io.dicom import check_dicom_folder
+
+    folders = [dicom] if isinstance(dicom, Path) else dicom
+    others = [*inputs, *outputs, *([png] if png is not None else [])]
+    for folder in folders:
+        check_dicom_folder(folder)
+        inside = [p for p in others if folder.resolve() in p.resolve().parents or p.resolve() == folder.resolve()]
+        if inside:
+            raise InputError(f"{inside[0]} lies in the --dicom folder {folder}, whose contents the series replaces; "
+                             f"put the DICOM series in a folder of its own.")
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -164,6 +179,8 @@ def reconstruct(
         png_dir, dicom_root = png, dicom
     else:
         png_dir = dicom_root = None
+    if dicom is not None:
+        _check_dicom_folders(files, outputs, png, dicom if dicom_root is None else [dicom_root / f.stem for f in files])
     share = DistInfo.from_env()
     n_inputs = len(files)  # over all ranks: one input fails the command, one of many is skipped
     if share.enabled:  # under torchrun: this process takes its share of the files

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -623,6 +624,44 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+#: the names write_dicom_series gives its files; a folder holding only such files, written by
+#: invdiff (Manufacturer "invdiff"), is an earlier series that ``overwrite`` may replace
+SERIES_FILE = re.compile(r"IM\d{5,}\.dcm")
+
+
+def _written_by_invdiff(path: Path) -> bool:
+    """Whether ``path`` is a series file of write_dicom_series (its name and Manufacturer)."""
+    if not (path.is_file() and SERIES_FILE.fullmatch(path.name)):
+        return False
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+    except Exception:  # an unreadable file is not one of ours
+        return False
+    return str(header.get("Manufacturer")) == "invdiff"
+
+
+def check_dicom_folder(out_dir: Path, overwrite: bool = True) -> None:
+    """InputError unless ``out_dir`` can take a new series: missing, empty, or (with
+    ``overwrite``) holding nothing but an earlier series of invdiff (``IM00001.dcm``, ...).
+
+    Replacing the folder replaces all it holds, so a folder with any other file in it (the
+    input data, a working directory) is refused, never emptied.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: DICOM output must be a folder, but a file with that name exists.")
+    if not out_dir.is_dir():
+        return
+    entries = sorted(out_dir.iterdir())
+    others = [p.name for p in entries if not _written_by_invdiff(p)]
+    if others:
+        raise InputError(f"{out_dir}: DICOM output folder holds other files ({others[0]}{', ...' if len(others) > 1 else ''}); "
+                         f"choose a new or empty folder (writing the series replaces what the folder holds).")
+    if entries and not overwrite:
+        raise InputError(f"{out_dir}: DICOM output folder already contains files; choose a new or empty folder.")
+
+
 @contextlib.contextmanager
 def _atomic_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir``; on success rename it onto ``out_dir``.
@@ -632,10 +671,7 @@ def _atomic_folder(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     atomic exchange where the system has one (Linux renameat2), else by two renames (a kill
     between them leaves the old series in a hidden ``.NAME.*.old`` folder).
     """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: DICOM output must be a folder, but a file with that name exists.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"{out_dir}: DICOM output folder already contains files; choose a new or empty folder.")
+    check_dicom_folder(out_dir, overwrite)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
