@@ -81,6 +81,24 @@ def test_bad_options_exit_2_with_one_sentence(data, tmp_path, capsys, args, mess
     assert not (tmp_path / "p").exists()
 
 
+def test_out_folder_with_foreign_files_is_refused(data, tmp_path, capsys):
+    """A folder holding a config.json (or logs, weights) that are not an invdiff prior's is not
+    written into; a prior's own folder (retraining into it) is."""
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / "config.json").write_text('{"dataset": "mine"}')
+    argv = ["train", str(data), "--out", str(out), *TINY, "--steps", "1"]
+    assert run_app(app, argv) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "Traceback" not in err
+    assert (out / "config.json").read_text() == '{"dataset": "mine"}' and sorted(p.name for p in out.iterdir()) == ["config.json"]
+    prior = tmp_path / "prior"
+    assert run_app(app, ["train", str(data), "--out", str(prior), *TINY, "--steps", "1", "-q"]) == 0
+    for name in ("checkpoint.safetensors", "checkpoint.json"):  # a finished prior, as shipped
+        (prior / name).unlink(missing_ok=True)
+    assert run_app(app, ["train", str(data), "--out", str(prior), *TINY, "--steps", "1", "-q"]) == 0
+
+
 def test_bad_inputs_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -57,6 +57,26 @@ def _positive(value: float, option: str) -> None:
         raise InputError(f"{option} must be positive, got {value}.")
 
 
+def _check_out_folder(out: Path) -> None:
+    """InputError if ``out`` holds files of the names a prior is written to (config.json, the
+    weights, the logs) that are not an invdiff prior's or training run's: they would be overwritten."""
+    import json
+
+    from invdiff.prior.store import CONFIG_NAME, EMA_NAME, RAW_NAME
+    from invdiff.prior.train import CHECKPOINT, CHECKPOINT_JSON, LOG_CSV, LOG_JSON
+
+    if not out.is_dir() or (out / CHECKPOINT).exists():
+        return
+    try:
+        ours = json.loads((out / CONFIG_NAME).read_text()).get("kind") == "invdiff-prior"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    clash = [n for n in (CONFIG_NAME, RAW_NAME, EMA_NAME, LOG_JSON, LOG_CSV, CHECKPOINT_JSON) if (out / n).exists()]
+    if clash and not ours:
+        raise InputError(f"{out}: holds {clash[0]}, which is not from an invdiff prior and training would overwrite it; "
+                         f"choose a new or empty folder for --out.")
+
+
 @app.command(epilog=EXAMPLES)
 def train(
     ctx: typer.Context,
@@ -130,6 +150,7 @@ def train(
     augment_config = AugmentConfig.from_overrides(augment_option or []) if augment or augment_option else None
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a directory, but a file is there.")
+    _check_out_folder(out)
     if out.is_dir() and (out / "checkpoint.safetensors").exists() and not resume and not dry_run:
         raise InputError(f"{out}: holds a training checkpoint; add --resume to continue it or choose another --out.")
     if init is not None and not (init / "config.json").is_file():
