@@ -30,7 +30,8 @@
 #   calibrations there, rerun the CPU tables (examples/bench_suite.py --only recon-*).
 # Optional stages, off by default to keep inside the time: OPERATOR_TESTS=1 (the operators'
 # CUDA tests), SPEED=1 (training, sampling and Radon throughput), COMPARE_SHIPPED=1 (the
-# shipped prior on the same slices and device).
+# shipped prior on the same slices and device), SHIPPED_LANGEVIN_CAL=1 (the langevin
+# calibrations the shipped prior lacks, after the other stages).
 # Try the plumbing on a CPU first (a tiny network from scratch, one slice per benchmark):
 #     DEVICE=cpu TRAIN_SECONDS=60 QUICK=1 BATCH=4 CHECKPOINT_EVERY=5 OUT=/tmp/gpu_out bash examples/gpu_session.sh
 #
@@ -186,4 +187,15 @@ if [[ "$QUICK" == 1 ]]; then cal=(--settings ct30 --slices 9); else cal=(); fi
 timeout "${CALIBRATE_SECONDS:-120}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
     --device "$DEVICE" || echo "(stopped or failed: exit $?)"
 cp -r "$PRIOR/calibration" "$RESULTS/" && pack && echo "calibration files in results.tar"
+
+# optional: the langevin calibrations of the SHIPPED prior (800 NFE per sample: about 3.5 h on
+# the 2-core CPU), into results.tar's calibration_shipped/ (copy them to data/priors/brain128/calibration)
+if [[ "${SHIPPED_LANGEVIN_CAL:-0}" == 1 ]]; then
+    step "langevin calibrations of the shipped prior on $DEVICE"
+    mkdir -p /tmp/shipped_prior && cp -r data/priors/brain128/. /tmp/shipped_prior/
+    timeout "${CALIBRATE_SECONDS:-120}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir /tmp/shipped_prior \
+        --settings mri8x,ct30 --solvers langevin --device "$DEVICE" || echo "(stopped or failed: exit $?)"
+    mkdir -p "$RESULTS/calibration_shipped" && cp /tmp/shipped_prior/calibration/*.langevin.json "$RESULTS/calibration_shipped/" \
+        && pack && echo "shipped-prior langevin calibrations in results.tar"
+fi
 step "done"
