@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, refuse_clobbering, resolve_device
+from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, refuse_clobbering,
+                                resolve_device)
 from invdiff.cli.options import (
     AccelerationOpt,
     AnglesOpt,
