@@ -107,7 +107,7 @@ def reconstruct(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Solver steps (default: tuned per operator).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Data-consistency strength (solver-specific).")] = None,
     option: Annotated[list[str], typer.Option("--option", help="Solver option KEY=VALUE (repeatable).")] = [],
-    samples: Annotated[int, typer.Option("--samples", help="Posterior samples K: mean -> reconstruction, std -> std.")] = 4,
+    samples: Annotated[int, typer.Option("--samples", help="Posterior samples K: mean -> reconstruction, std -> std (a sample std needs K >= 2; with K = 1 the std is 0, or only the disagreement with the classical estimate a solver averages in).")] = 4,
     keep_samples: Annotated[bool, typer.Option("--keep-samples", help="Also store the K samples.")] = False,
     std_window: Annotated[int, typer.Option("--std-window", help="Pool the posterior variance over W x W pixels (odd W; 1 = per-pixel sample std). A steadier std from few samples, at the window's resolution.")] = 1,
     calibration: Annotated[str, typer.Option("--calibration", help="A file from `invdiff calibrate`: scale the std by the factor it fitted for this prior, solver, K and operator on images with known truth. auto: a calibration shipped with the prior that fits this run, if any; none: the plain sample std.")] = "auto",
