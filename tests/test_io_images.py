@@ -319,3 +319,13 @@ def test_save_grid_layout(tmp_path, rng):
     np.testing.assert_array_equal(tile, np.rint(np.clip((images[0] - lo) / (hi - lo), 0, 1) * 255))
     save_grid(tmp_path / "row.png", images, ncols=5)
     assert np.asarray(Image.open(tmp_path / "row.png")).shape == (128 + 8, 5 * (128 + 4) + 4, 3)
+
+
+def test_hdf5_dataset_larger_than_memory_is_one_sentence(tmp_path):
+    """A 4 TB dataset (chunked and unwritten: a small file) cannot be allocated anywhere; the
+    reader says so in one sentence with its shape and size instead of "not a readable file"."""
+    path = tmp_path / "huge.h5"
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("images", shape=(1, 10**6, 10**6), dtype="f4", chunks=(1, 64, 64))
+    with pytest.raises(InputError, match=r"'images' \(1x1000000x1000000 float32, 3725\.3 GiB\) does not fit"):
+        read_images(path)

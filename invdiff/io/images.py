@@ -286,7 +286,12 @@ def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
             dataset = fh[name]
             if dataset.dtype.kind not in "biufc":
                 raise InputError(f"{path}: HDF5 dataset '{name}' is not numeric (dtype {dataset.dtype}).")
-            array = dataset[()]
+            try:
+                array = dataset[()]
+            except MemoryError:
+                size = dataset.size * dataset.dtype.itemsize / 2**30
+                raise InputError(f"{path}: dataset '{name}' ({'x'.join(map(str, dataset.shape))} {dataset.dtype}, "
+                                 f"{size:.1f} GiB) does not fit in this machine's memory.") from None
     except InputError:
         raise
     except Exception as exc:
