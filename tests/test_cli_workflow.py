@@ -125,6 +125,13 @@ def test_bad_inputs(tmp_path, brain64, capsys):
         data[0, 0, 0] = np.nan
         f["sinogram"][...] = data
     assert "NaN" in _bad(tmp_path, capsys, "reconstruct", nan, "--method", "fbp", "--out", out)
+    # a sinogram dataset too large for any memory (chunked and unwritten: a small file)
+    huge = tmp_path / "huge.h5"
+    huge.write_bytes(meas.read_bytes())
+    with h5py.File(huge, "r+") as f:
+        del f["sinogram"]
+        f.create_dataset("sinogram", shape=(1, 10**6, 10**6), dtype="f4", chunks=(1, 64, 64))
+    assert "does not fit in this machine's memory" in _bad(tmp_path, capsys, "reconstruct", huge, "--method", "fbp", "--out", out)
     # geometry that does not match the sinogram's shape
     sino = tmp_path / "sino.npy"
     np.save(sino, np.ones((10, 91), np.float32))

@@ -141,7 +141,9 @@ def _read(f: h5py.File, path: Path) -> dict[str, Any]:
     """The body of :func:`read_fastmri` on an open file."""
     if not is_fastmri(f):
         raise InputError(f"{path}: not a fastMRI file (no complex 'kspace' dataset of 3 or 4 dimensions).")
-    kspace = np.asarray(f["kspace"][()], dtype=np.complex64)
+    from invdiff.io.hdf5 import read_whole
+
+    kspace = np.asarray(read_whole(f["kspace"], path), dtype=np.complex64)
     if kspace.ndim == 3:
         kspace = kspace[:, None]
     _, _, height, width = kspace.shape

@@ -111,6 +111,17 @@ def _read_attr(f: h5py.File, name: str, path: Path) -> Any:
         raise InputError(f"{path}: attribute '{name}' cannot be read ({type(exc).__name__}); the file may be corrupted.") from None
 
 
+def read_whole(dataset: h5py.Dataset, path: Path) -> np.ndarray:
+    """All of ``dataset`` as an array; InputError with its shape and size when it does not fit
+    in memory (a file that describes a huge dataset can still be small on disk)."""
+    try:
+        return dataset[()]
+    except MemoryError:
+        size = dataset.size * dataset.dtype.itemsize / 2**30
+        raise InputError(f"{path}: dataset '{dataset.name.lstrip('/')}' ({'x'.join(map(str, dataset.shape))} "
+                         f"{dataset.dtype}, {size:.1f} GiB) does not fit in this machine's memory.") from None
+
+
 def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
     obj = f.get(key)
     if obj is None:
@@ -118,7 +129,7 @@ def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
     if not isinstance(obj, h5py.Dataset):
         raise InputError(f"{path}: '{key}' is an HDF5 group, not a dataset.")
     try:
-        return obj[()]
+        return read_whole(obj, path)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"{path}: dataset '{key}' cannot be read ({exc.__class__.__name__}); the file may be truncated.") from None
 

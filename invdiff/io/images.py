@@ -278,6 +278,8 @@ def _check_npy_header(fh: Any, size: int, path: Path) -> None:
 def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
     import h5py
 
+    from invdiff.io.hdf5 import read_whole
+
     try:
         with h5py.File(path, "r") as fh:
             name = key if key is not None else _only_image_dataset(fh, path)
@@ -286,12 +288,7 @@ def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
             dataset = fh[name]
             if dataset.dtype.kind not in "biufc":
                 raise InputError(f"{path}: HDF5 dataset '{name}' is not numeric (dtype {dataset.dtype}).")
-            try:
-                array = dataset[()]
-            except MemoryError:
-                size = dataset.size * dataset.dtype.itemsize / 2**30
-                raise InputError(f"{path}: dataset '{name}' ({'x'.join(map(str, dataset.shape))} {dataset.dtype}, "
-                                 f"{size:.1f} GiB) does not fit in this machine's memory.") from None
+            array = read_whole(dataset, path)
     except InputError:
         raise
     except Exception as exc:
