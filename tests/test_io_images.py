@@ -329,3 +329,23 @@ def test_hdf5_dataset_larger_than_memory_is_one_sentence(tmp_path):
         fh.create_dataset("images", shape=(1, 10**6, 10**6), dtype="f4", chunks=(1, 64, 64))
     with pytest.raises(InputError, match=r"'images' \(1x1000000x1000000 float32, 3725\.3 GiB\) does not fit"):
         read_images(path)
+
+
+def test_damaged_tiff_is_one_sentence_without_tifffile_warnings(tmp_path, caplog):
+    """A TIFF whose tags claim 60000x60000 pixels over 256 bytes: InputError, and tifffile's
+    own warnings about the tags are not logged beside it."""
+    import struct
+
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.float32))
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = {t.name: t for t in tif.pages[0].tags.values()}
+    for name in ("ImageWidth", "ImageLength"):
+        tag = tags[name]
+        struct.pack_into("<H" if tag.dtype == 3 else "<I", data, tag.valueoffset, 60000)
+    path.write_bytes(bytes(data))
+    caplog.set_level("WARNING")
+    with pytest.raises(InputError, match="damaged.tif"):
+        read_images(path)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]

@@ -23,11 +23,13 @@ Conventions (the choices a reader has to make):
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -200,11 +202,24 @@ def _read_pillow(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
     return _single_channel(pixels, path, allow_rgb)[None]
 
 
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's logged warnings (about a damaged file's tags) while reading: a bad
+    file is reported once, as one sentence, by the caller."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
             pixels = series.asarray()

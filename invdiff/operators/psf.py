@@ -128,7 +128,10 @@ def _load_array(path: Path) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
+            from invdiff.io.images import quiet_tifffile
+
+            with quiet_tifffile():
+                return np.asarray(tifffile.imread(path))
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
     except Exception as exc:  # corrupt or unreadable file: the user's problem, one sentence
