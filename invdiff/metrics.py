@@ -19,6 +19,8 @@ averages SSIM over slices; getting slice-vs-volume wrong is a classic bug, so it
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -42,7 +44,12 @@ def _volumes(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, n
 
 
 def data_range_of(reference: np.ndarray, data_range: float | None) -> float:
-    value = float(np.max(np.abs(reference))) if data_range is None else float(data_range)
+    """The given data range (a positive finite number), else max |reference|."""
+    if data_range is not None:
+        if not (math.isfinite(float(data_range)) and data_range > 0):
+            raise InputError(f"--data-range must be a positive finite number, got {data_range}.")
+        return float(data_range)
+    value = float(np.max(np.abs(reference)))
     if not value > 0:
         raise InputError("the reference is all zero, so PSNR/SSIM have no data range; give --data-range.")
     return value

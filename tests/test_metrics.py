@@ -42,3 +42,17 @@ def test_predictive_coverage_needs_two_samples():
     truth, mean, std = draws(2, pixels=4000)
     with pytest.raises(InputError):
         metrics.predictive_coverage(truth, mean, std, 1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_given_data_range_must_be_positive_and_finite(bad):
+    ref = np.ones((1, 8, 8))
+    with pytest.raises(InputError, match="--data-range must be a positive finite number"):
+        metrics.psnr(ref, ref * 0.9, data_range=bad)
+
+
+def test_an_all_zero_reference_needs_a_data_range():
+    ref = np.zeros((1, 8, 8))
+    with pytest.raises(InputError, match="all zero"):
+        metrics.psnr(ref, ref + 0.1)
+    assert metrics.psnr(ref, ref + 0.1, data_range=1.0) == pytest.approx(20.0)
