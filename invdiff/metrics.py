@@ -46,9 +46,10 @@ def _volumes(reference: np.ndarray, estimate: np.ndarray) -> tuple[np.ndarray, n
 def data_range_of(reference: np.ndarray, data_range: float | None) -> float:
     """The given data range (a positive finite number), else max |reference|."""
     if data_range is not None:
-        if not (math.isfinite(float(data_range)) and data_range > 0):
+        value = float(data_range)
+        if not (math.isfinite(value) and value > 0):
             raise InputError(f"--data-range must be a positive finite number, got {data_range}.")
-        return float(data_range)
+        return value
     value = float(np.max(np.abs(reference)))
     if not value > 0:
         raise InputError("the reference is all zero, so PSNR/SSIM have no data range; give --data-range.")

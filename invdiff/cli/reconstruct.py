@@ -76,12 +76,18 @@ def _check_dicom_folders(inputs: list[Path], outputs: list[Path], png: Optional[
     from invdiff.io.dicom import check_dicom_folder
 
     folders = [dicom] if isinstance(dicom, Path) else dicom
-    others = [*inputs, *outputs, *([png] if png is not None else [])]
+    # every folder that holds (or is) an input or another output -> that path; one pass over the
+    # paths, so a batch of thousands of files is not resolved once per series folder
+    holding: dict[Path, Path] = {}
+    for p in [*inputs, *outputs, *([png] if png is not None else [])]:
+        r = p.resolve()
+        for folder in (r, *r.parents):
+            holding.setdefault(folder, p)
     for folder in folders:
         check_dicom_folder(folder)
-        inside = [p for p in others if folder.resolve() in p.resolve().parents or p.resolve() == folder.resolve()]
-        if inside:
-            raise InputError(f"{inside[0]} lies in the --dicom folder {folder}, whose contents the series replaces; "
+        inside = holding.get(folder.resolve())
+        if inside is not None:
+            raise InputError(f"{inside} lies in the --dicom folder {folder}, whose contents the series replaces; "
                              f"put the DICOM series in a folder of its own.")
 
 

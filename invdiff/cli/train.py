@@ -60,21 +60,19 @@ def _positive(value: float, option: str) -> None:
 def _check_out_folder(out: Path) -> None:
     """InputError if ``out`` holds files of the names a prior is written to (config.json, the
     weights, the logs) that are not an invdiff prior's or training run's: they would be overwritten."""
-    import json
-
-    from invdiff.prior.store import CONFIG_NAME, EMA_NAME, RAW_NAME
+    from invdiff.prior.store import CONFIG_NAME, EMA_NAME, RAW_NAME, read_config
     from invdiff.prior.train import CHECKPOINT, CHECKPOINT_JSON, LOG_CSV, LOG_JSON
 
     if not out.is_dir() or (out / CHECKPOINT).exists():
         return
-    try:
-        ours = json.loads((out / CONFIG_NAME).read_text()).get("kind") == "invdiff-prior"
-    except (OSError, ValueError, AttributeError):
-        ours = False
     clash = [n for n in (CONFIG_NAME, RAW_NAME, EMA_NAME, LOG_JSON, LOG_CSV, CHECKPOINT_JSON) if (out / n).exists()]
-    if clash and not ours:
+    if not clash:
+        return
+    try:
+        read_config(out)  # a prior's own folder: retraining into it is what the user asked for
+    except InputError:
         raise InputError(f"{out}: holds {clash[0]}, which is not from an invdiff prior and training would overwrite it; "
-                         f"choose a new or empty folder for --out.")
+                         f"choose a new or empty folder for --out.") from None
 
 
 @app.command(epilog=EXAMPLES)

@@ -7,10 +7,10 @@ the "operator + prior -> solver" step for a whole stack of slices:
 * a diffusion solver runs slice by slice on K = ``samples`` copies of the slice, at most
   ``batch`` of them per network batch (so that a large K cannot exhaust the memory; K <= batch,
   the usual case, is one batch), in units z where the physical image is ``scale * z``: for a
-  prior normalised per slice by a percentile of |x| (99.5 by default), ``scale`` is that percentile of |direct
-  reconstruction| over the volume and z is the prior's own units; for a prior normalised by
-  a fixed window, the window sets ``scale`` and an offset (invdiff/pipeline/units.py). The solver sees
-  ``operator.scaled(scale)``.
+  prior normalised per slice by a percentile of |x| (99.5 by default), ``scale`` is that
+  percentile of |direct reconstruction| over the volume and z is the prior's own units; for a
+  prior normalised by a fixed window, the window sets ``scale`` and an offset
+  (invdiff/pipeline/units.py). The solver sees ``operator.scaled(scale)``.
   The result is the mean of the K samples (``reconstruction``) and their standard deviation
   (``std``, the per-pixel posterior uncertainty), times the scale of a calibration when one is
   given or shipped with the prior for this run (invdiff/pipeline/calibration.py).
