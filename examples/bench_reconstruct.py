@@ -161,6 +161,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], help="solver option KEY=VALUE")
     parser.add_argument("--prior", default=None, help="prior directory, or 'auto' (the shipped prior per operator)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="run the prior's network in bfloat16 (invdiff reconstruct --bf16)")
     parser.add_argument("--calibrate", type=int, default=0, help="calibration slices per calibration set (0: none)")
     parser.add_argument("--calibration-set", default=None, help="comma list of sets to calibrate on (default: --set)")
     parser.add_argument("--alpha", type=float, default=0.1, help="target miscoverage of the calibration")
@@ -188,6 +189,7 @@ def main() -> None:
             path = str(args.prior or default_prior_for("mri"))
         if path not in loaded:
             loaded[path] = load_prior(path, device=device)
+            loaded[path].bf16 = args.bf16
         return loaded[path]
 
     options = dict(o.split("=", 1) for o in args.option)
@@ -200,7 +202,8 @@ def main() -> None:
         prior_name = "auto (" + ", ".join(f"{op}: {_short(default_prior_for(op))}" for op in ops) + ")"
     else:
         prior_name = _short(args.prior or default_prior_for("mri"))
-    print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
+    where = f"{device} (network bfloat16)" if args.bf16 else str(device)
+    print(f"# set={args.set} slices={len(images)} size={args.size} device={where} torch_threads={torch.get_num_threads()} "
           f"prior={prior_name}")
     if cal_sets:
         print(f"# calibration: {args.calibrate} slices of {', '.join(cal_sets)} (not the scored ones), alpha={args.alpha:g}, "

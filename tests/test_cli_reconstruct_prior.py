@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from invdiff.cli import app
 from invdiff.cli.common import run_app
@@ -26,12 +27,18 @@ def invdiff(*args) -> int:
     return run_app(app, [str(a) for a in args])
 
 
-def _tiny_prior(path: Path, channels: int = 1) -> Path:
+def _tiny_prior(path: Path, channels: int = 1, jitter: float = 0.0) -> Path:
+    """An untrained prior; its output layer starts at zero (D = c_skip x) unless ``jitter``
+    adds that much Gaussian noise to every weight."""
     settings = TrainSettings(
         image_size=16, channels=channels, unet=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1),
         sigma_min=0.01, sigma_max=10.0,
     )
+    torch.manual_seed(0)
     model = build_model(settings)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(jitter * torch.randn_like(p))
     config = prior_config(settings, Normalisation(kind="percentile"), {"files": 0}, {})
     return save_prior(path, config, model.state_dict(), model.state_dict())
 
@@ -105,6 +112,44 @@ def test_samples_run_in_network_batches_of_batch_size(setup, tmp_path):
     assert invdiff(*args) == 0
     with h5py.File(again) as f:
         assert np.array_equal(f["samples"][()], samples)
+
+
+def test_one_sample_warns_that_its_std_is_no_spread(setup, tmp_path, capsys):
+    """--samples 1 still runs, but says once that its std map is no posterior spread (here
+    dds averages in no classical estimate, so the std is exactly 0); K = 2 says nothing."""
+    root, prior, meas = setup
+    capsys.readouterr()
+    base = ["reconstruct", meas, "--prior", prior, "--solver", "dds", "--steps", "2", "--device", "cpu"]
+    assert invdiff(*base, "--samples", "1", "--out", tmp_path / "k1.h5") == 0
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "--samples 1" in err and "--samples 2" in err
+    with h5py.File(tmp_path / "k1.h5") as f:
+        assert np.all(f["std"][()] == 0)
+    assert invdiff(*base, "--samples", "2", "--out", tmp_path / "k2.h5") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert invdiff(*base, "--samples", "1", "--out", tmp_path / "k1q.h5", "-q") == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_bf16_network_gives_a_close_deterministic_result(setup, tmp_path, capsys):
+    """--bf16 runs the network in bfloat16: the provenance says so, the posterior mean is
+    within a few per cent of the float32 run's (not equal to it), the same seed repeats it bit
+    for bit; a classical --method has no network and refuses the flag."""
+    root, _, meas = setup
+    prior = _tiny_prior(tmp_path / "prior", jitter=0.05)
+    base = ["reconstruct", meas, "--prior", prior, "--solver", "dds", "--steps", "3", "--samples", "2", "--device", "cpu", "-q"]
+    runs = {}
+    for name, extra in (("fp32", []), ("bf16", ["--bf16"]), ("bf16b", ["--bf16"])):
+        assert invdiff(*base, *extra, "--out", tmp_path / f"{name}.h5") == 0
+        with h5py.File(tmp_path / f"{name}.h5") as f:
+            runs[name] = (f["reconstruction"][()], json.loads(f.attrs["invdiff_provenance"])["prior"]["network_dtype"])
+    assert runs["fp32"][1] == "float32" and runs["bf16"][1] == "bfloat16"
+    fp32, bf16 = runs["fp32"][0], runs["bf16"][0]
+    assert not np.array_equal(fp32, bf16) and np.linalg.norm(bf16 - fp32) < 0.03 * np.linalg.norm(fp32)
+    assert np.array_equal(runs["bf16b"][0], bf16)
+    capsys.readouterr()
+    assert invdiff("reconstruct", meas, "--method", "fbp", "--bf16", "--out", tmp_path / "fbp.h5") == 2
+    assert "--bf16" in capsys.readouterr().err and not (tmp_path / "fbp.h5").exists()
 
 
 def test_batch_skips_bad_file_and_existing(setup, tmp_path, capsys):

@@ -46,6 +46,13 @@ def test_sample_writes_samples_and_provenance(tiny_prior, tmp_path, capsys):
                          "--out", str(again), "--seed", "1", "--device", "cpu", "--quiet"]) == 0
     with h5py.File(again) as f:
         assert np.array_equal(f["samples"][()], samples)
+    assert prov["network_dtype"] == "float32"
+    low = tmp_path / "bf16.h5"  # --bf16: recorded, and (the network output starts at zero) the same samples
+    assert run_app(app, ["sample", "--prior", str(tiny_prior), "-n", "3", "--sampler", "ddim", "--steps", "4",
+                         "--out", str(low), "--seed", "1", "--device", "cpu", "--quiet", "--bf16"]) == 0
+    with h5py.File(low) as f:
+        assert json.loads(f.attrs["invdiff_provenance"])["network_dtype"] == "bfloat16"
+        np.testing.assert_allclose(f["samples"][()], samples, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("args, fragment", [

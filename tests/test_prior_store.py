@@ -52,6 +52,33 @@ def test_round_trip_gives_the_same_denoiser(tmp_path):
     assert g.abs().sum() > 0
 
 
+def test_bf16_network_is_close_to_float32_and_keeps_the_skip_path_exact(tmp_path):
+    """--bf16: the network runs in bfloat16 (so the output differs from float32), but D stays a
+    float32 tensor within a few per cent of the float32 denoiser's correction D - x, and at
+    small sigma, where D is nearly the float32 skip path c_skip x, within 2e-4 of x's size;
+    deterministic, and gradients still flow to x."""
+    out, _ = make_prior(tmp_path)
+    prior = load_prior(out)
+    x = torch.randn(2, 1, 24, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = {s: prior(x, s) for s in (0.01, 0.3, 2.0)}
+        prior.bf16 = True
+        assert prior.network_dtype == "bfloat16"
+        low = {s: prior(x, s) for s in (0.01, 0.3, 2.0)}
+        again = prior(x, 0.3)
+    for s in ref:
+        assert low[s].dtype == torch.float32 and not torch.equal(low[s], ref[s])
+        assert (low[s] - ref[s]).norm() < 0.03 * (ref[s] - x).norm()
+    assert (low[0.01] - ref[0.01]).norm() < 2e-4 * x.norm()
+    assert torch.equal(again, low[0.3])
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(prior(xg, 0.5).sum(), xg)
+    assert g.dtype == torch.float32 and g.abs().sum() > 0
+    prior.bf16 = False
+    with torch.no_grad():
+        assert torch.equal(prior(x, 0.3), ref[0.3])
+
+
 def test_normalise_denormalise_round_trip(tmp_path):
     out, _ = make_prior(tmp_path)
     prior = load_prior(out)

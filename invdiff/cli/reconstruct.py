@@ -11,6 +11,7 @@ import typer
 
 from invdiff.cli.app import app
 from invdiff.cli.common import (
+    Bf16Opt,
     DeviceOpt,
     JsonOpt,
     QuietOpt,
@@ -140,6 +141,7 @@ def reconstruct(
     boundary: BoundaryOpt = None,
     operator_params: OperatorParamsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per batch for classical methods; posterior samples per network batch for a prior (a smaller batch needs less memory).")] = 16,
+    bf16: Bf16Opt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved settings and stop.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -160,6 +162,8 @@ def reconstruct(
     check_window(std_window)
     if method is not None and (steps is not None or guidance is not None or option):
         raise InputError("--steps, --guidance and --option set a prior's solver; a --method takes --weight and --iterations.")
+    if method is not None and bf16:
+        raise InputError("--bf16 runs a prior's network in bfloat16; a --method has no network.")
     if method is not None and std_window != 1:
         raise InputError("--std-window pools the posterior variance of a prior's samples; a --method has none.")
     the_calibration, calibration_path = None, None
@@ -199,6 +203,10 @@ def reconstruct(
         options=_parse_options(option), samples=samples, keep_samples=keep_samples, seed=seed, batch=batch_size,
         std_window=std_window, calibration=the_calibration, calibration_path=calibration_path,
     )
+    if method is None and samples == 1 and not quiet and not dry_run:
+        print("invdiff: warning: --samples 1 draws one posterior sample, so the std map holds no posterior spread "
+              "(it is 0, or only the disagreement with a classical estimate the solver averages in); "
+              "use --samples 2 or more for an uncertainty map.", file=sys.stderr)
     loaded_priors: dict[str, object] = {}
     summary, failures = [], []
     bar = show_progress(quiet, json_out)
@@ -217,7 +225,7 @@ def reconstruct(
                 prior_path = prior or default_prior_for(m.operator["name"])
                 s.solver = s.solver or default_solver_for(m.operator["name"])
                 if dry_run:
-                    emit_json({"input": str(src), "out": str(dst), "prior": str(prior_path), **vars(s)})
+                    emit_json({"input": str(src), "out": str(dst), "prior": str(prior_path), "bf16": bf16, **vars(s)})
                     continue
                 key = str(prior_path)
                 if key not in loaded_priors:
@@ -228,6 +236,7 @@ def reconstruct(
                     except InputError as exc:
                         exc.fatal = True  # a bad prior fails every input: stop the batch here
                         raise
+                    loaded_priors[key].bf16 = bf16
                 the_prior = loaded_priors[key]
             elif dry_run:
                 emit_json({"input": str(src), "out": str(dst), **vars(s)})

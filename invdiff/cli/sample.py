@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, make_generator,
-                                progress_bar, refuse_clobbering, resolve_device, show_progress)
+from invdiff.cli.common import (Bf16Opt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json,
+                                make_generator, progress_bar, refuse_clobbering, resolve_device, show_progress)
 from invdiff.errors import InputError
 
 EXAMPLES = """
@@ -72,6 +72,7 @@ def sample(
     png: Annotated[Optional[Path], typer.Option("--png", help="Also write a PNG grid of the samples.")] = None,
     class_label: Annotated[Optional[int], typer.Option("--class-label", help="Class for a class-conditional prior.")] = None,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance weight w (0: none).")] = 0.0,
+    bf16: Bf16Opt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -99,6 +100,7 @@ def sample(
     dev = resolve_device(device)
     prior_path = default_prior_path() if prior_dir is None else prior_dir
     prior = load_prior(prior_path, dev)
+    prior.bf16 = bf16
     size = prior.image_size if image_size is None else image_size
     if size < 8:
         raise InputError(f"--image-size must be at least 8 pixels, got {size}.")
@@ -137,7 +139,7 @@ def sample(
         "version": invdiff.__version__, "command": shlex.join(["invdiff", *sys.argv[1:]]), "sampler": sampler,
         "steps": steps, "sigmas": [float(s) for s in sigmas], "nfe_per_sample": nfe // max(1, -(-n // batch_size)),
         "seed": seed, "prior": str(prior_path), "prior_checksum": prior.checksum, "class_label": class_label,
-        "guidance": guidance, "wall_time_s": round(wall, 3), "device": str(dev),
+        "guidance": guidance, "wall_time_s": round(wall, 3), "device": str(dev), "network_dtype": prior.network_dtype,
     }
     write_samples(out, data, provenance)
     if png is not None:

@@ -32,7 +32,8 @@ def provenance(m: Measurement, info: dict[str, Any], *, seed: int, device: str, 
     }
     if prior is not None:
         path = getattr(prior, "path", None)
-        record["prior"] = {"path": str(path) if path else "", "checksum": getattr(prior, "checksum", None)}
+        record["prior"] = {"path": str(path) if path else "", "checksum": getattr(prior, "checksum", None),
+                           "network_dtype": getattr(prior, "network_dtype", "float32")}
     return record
 
 

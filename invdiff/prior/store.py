@@ -220,7 +220,15 @@ class Prior(nn.Module):
     x ``(B, C, H, W)`` in the prior's normalised units, sigma ``(B,)`` or a float. Gradients flow
     through it with respect to x (parameters are frozen). ``normalise``/``denormalise`` map
     images between their own units and the prior's.
+
+    ``bf16 = True`` runs the network under bfloat16 autocast (its convolutions and matrix
+    products in bfloat16, 8-bit mantissa); the preconditioning, and so the skip path
+    ``c_skip x`` that carries nearly all of D at small sigma, stays float32, and so does the
+    output. About twice as fast on CPUs with AMX or AVX512-BF16 and on recent GPUs (measured in
+    BENCHMARKS.md, "Network in bfloat16"); off by default.
     """
+
+    bf16: bool = False
 
     def __init__(self, precond: Precond, config: dict, checksum: str = "", path: Path | None = None):
         super().__init__()
@@ -242,8 +250,17 @@ class Prior(nn.Module):
     def device(self) -> torch.device:
         return next(self.precond.parameters()).device
 
+    @property
+    def network_dtype(self) -> str:
+        """``bfloat16`` or ``float32``: what the network computes in (provenance)."""
+        return "bfloat16" if self.bf16 else "float32"
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.precond(x, as_sigma(sigma, x), class_labels)
+        if not self.bf16:
+            return self.precond(x, as_sigma(sigma, x), class_labels)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            out = self.precond(x, as_sigma(sigma, x), class_labels)
+        return out.to(x.dtype)
 
     def guided(self, w: float, class_label: int) -> "GuidedDenoiser":
         """Classifier-free guidance (Ho & Salimans 2021): D_w = (1 + w) D(x | c) - w D(x | null)."""
