@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python examples/bench_train.py                 # CPU, 64x64 and 128x128
     python examples/bench_train.py --device cuda --batch-size 32 --steps 20
+    python examples/bench_train.py --like data/priors/brain128 --sizes 128 --bf16   # a shipped prior's network, bfloat16 on the CPU
 
 One training step = draw a batch, EDM/DSM loss forward + backward, grad clip, AdamW, EMA update
 (exactly the loop of invdiff/prior/train.py, on random data; no files written).
@@ -10,10 +11,13 @@ One training step = draw a batch, EDM/DSM loss forward + backward, grad clip, Ad
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import resource
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,8 +28,13 @@ from invdiff.prior.train import TrainSettings, build_model
 from invdiff.prior.unet import count_parameters
 
 
-def bench(size: int, batch: int, steps: int, warmup: int, device: torch.device) -> dict:
-    s = TrainSettings(image_size=size, batch_size=batch)
+def bench(size: int, batch: int, steps: int, warmup: int, device: torch.device, bf16: bool = False,
+          like: dict | None = None) -> dict:
+    """``bf16``: bfloat16 autocast on the CPU too (``invdiff train --bf16``; CUDA always uses it).
+    ``like``: a prior's config.json, whose network (its ``training`` settings) is timed."""
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    s = TrainSettings.from_dict({k: v for k, v in like["training"].items() if k in fields}) if like else TrainSettings()
+    s = dataclasses.replace(s, image_size=size, batch_size=batch)
     torch.manual_seed(0)
     model = build_model(s).to(device)
     ema = EMA(model)
@@ -41,7 +50,7 @@ def bench(size: int, batch: int, steps: int, warmup: int, device: torch.device) 
         t0 = time.perf_counter()
         idx = torch.randint(len(data), (batch,), generator=cpu_gen)
         x0 = data.batch(idx, size, torch.rand(batch, 2, generator=cpu_gen))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or bf16):
             loss = loss_fn(model, x0, None, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -66,14 +75,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU too (invdiff train --bf16)")
+    ap.add_argument("--like", type=Path, default=None, help="time this prior directory's network instead")
     args = ap.parse_args()
+    like = json.loads((args.like / "config.json").read_text()) if args.like else None
     device = torch.device(args.device)
     print(f"command: python {shlex.join(sys.argv)}   torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {device}")
+          f"device {device}{', bfloat16 autocast' if args.bf16 or device.type == 'cuda' else ''}")
     print("| size | batch | params | s/step | images/s | peak MiB |")
     print("|---|---|---|---|---|---|")
     for size in (int(v) for v in args.sizes.split(",")):
-        r = bench(size, args.batch_size, args.steps, args.warmup, device)
+        r = bench(size, args.batch_size, args.steps, args.warmup, device, args.bf16, like)
         print(f"| {r['size']} | {r['batch']} | {r['params']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} "
               f"| {r['peak_mib']:.0f} |", flush=True)
 

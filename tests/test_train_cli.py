@@ -50,6 +50,25 @@ def test_train_then_resume_end_to_end(data, tmp_path, capsys):
     assert (out / "training_log.csv").read_text().count("\n") == 5
 
 
+def test_bf16_on_the_cpu_is_recorded_and_changes_the_arithmetic(data, tmp_path):
+    """--bf16 turns bfloat16 autocast on for a CPU run (default there: off): the settings record
+    it, the loss stays finite, and the weights differ from the float32 run's after 2 steps;
+    --no-bf16 (and the CPU default) record it off."""
+    weights = {}
+    for flag in ("--bf16", "--no-bf16", None):
+        out = tmp_path / str(flag)
+        argv = ["train", str(data), "--out", str(out), *TINY, "--steps", "2", "--device", "cpu"]
+        assert run_app(app, argv + ([flag] if flag else [])) == 0
+        prior = load_prior(out)
+        training = prior.config["training"]
+        assert (training["amp"], training["amp_cpu"]) == {"--bf16": (True, True), "--no-bf16": (False, False),
+                                                          None: (True, False)}[flag]
+        weights[flag] = [p.detach().clone() for p in prior.parameters()]
+    assert all(np.isfinite(p.numpy()).all() for p in weights["--bf16"])
+    assert all(np.array_equal(a, b) for a, b in zip(weights["--no-bf16"], weights[None]))
+    assert not all(np.array_equal(a, b) for a, b in zip(weights["--bf16"], weights[None]))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--image-size", "0"], "--image-size"),
     (["--channels", "3"], "--channels"),

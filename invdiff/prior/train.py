@@ -77,7 +77,8 @@ class TrainSettings:
     ema_max_decay: float = 0.9999
     label_dropout: float = 0.1
     augment: AugmentConfig | None = None
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on the CPU)
+    amp: bool = True  # bfloat16 autocast on CUDA
+    amp_cpu: bool = False  # ... and on the CPU too (about 2x faster where it has AMX or AVX512-BF16)
     checkpoint_every: int = 500
     log_every: int = 50
     val_every: int = 0  # 0: at every checkpoint
@@ -312,7 +313,7 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
     explicit = s.energy
     net = ddp.wrap_model(model, info, device, explicit_allreduce=explicit)
     shard = info.shard(s.batch_size)
-    use_amp = s.amp and device.type == "cuda"
+    use_amp = s.amp and (device.type == "cuda" or s.amp_cpu)
     extra = dict(extra_config or {})
     extra["parameters"] = count_parameters(model)
 
