@@ -285,6 +285,7 @@ def test_batch_likelihood_skips_the_unreadable_file(world, tmp_path, capsys):
     ("blur", ["--psf", "gaussian:0"], "sigma"),
     ("radon", ["--operator-params", '{"angles_deg": []}'], "view"),
     ("radon", ["--noise-std", "-1"], "--noise-std"),
+    ("radon", ["--axis", "0"], "NIfTI"),  # an .npy stack has no axis to choose: refused, not ignored
 ])
 def test_impossible_geometry_in_simulate(world, tmp_path, capsys, operator, options, fragment):
     image = _copy(world, "img.npy", tmp_path)

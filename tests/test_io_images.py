@@ -349,3 +349,25 @@ def test_damaged_tiff_is_one_sentence_without_tifffile_warnings(tmp_path, caplog
     with pytest.raises(InputError, match="damaged.tif"):
         read_images(path)
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_axis_chooses_the_nifti_slicing_in_simulate_and_train(tmp_path, rng, capsys):
+    """--axis slices a NIfTI volume along the axis asked for (simulate and train), and is
+    refused for other stacks (tests/test_bad_input_matrix.py, tests/test_train_cli.py)."""
+    import json
+
+    from invdiff.cli import app
+    from invdiff.cli.common import run_app
+
+    nibabel.save(nibabel.Nifti1Image(rng.random((16, 24, 32)).astype(np.float32), np.eye(4)), tmp_path / "v.nii.gz")
+    for axis, slices, shape in ((0, 16, [24, 32]), (1, 24, [16, 32]), (None, 32, [16, 24])):
+        argv = ["simulate", str(tmp_path / "v.nii.gz"), "--operator", "blur", "--psf", "gaussian:1",
+                "--out", str(tmp_path / f"m{axis}.h5"), "--json", "--device", "cpu"]
+        assert run_app(app, argv + ([] if axis is None else ["--axis", str(axis)])) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["slices"] == slices and summary["image_shape"] == shape
+    train = ["train", str(tmp_path / "v.nii.gz"), "--out", str(tmp_path / "p"), "--axis", "0", "--image-size", "16",
+             "--channels-base", "8", "--channel-mults", "1,2", "--dry-run", "--json", "--quiet"]
+    assert run_app(app, train) == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["slice_shapes"] == [[24, 32]] and data["slices"] + data["validation_slices"] == 16

@@ -77,6 +77,7 @@ def test_bf16_on_the_cpu_is_recorded_and_changes_the_arithmetic(data, tmp_path):
     (["--sde", "ddpm"], "--sde"),
     (["--loss", "ism"], "--loss"),
     (["--attention", "5"], "--attention"),
+    (["--axis", "0"], "NIfTI"),
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--fit", "exact"], "--fit exact"),
     (["--image-size", "32"], "smaller"),

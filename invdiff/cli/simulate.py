@@ -28,7 +28,7 @@ from invdiff.cli.options import (
     ViewsOpt,
     geometry_from_options,
 )
-from invdiff.errors import naming
+from invdiff.errors import InputError, naming
 
 
 @app.command(
@@ -63,7 +63,7 @@ def simulate(
     photons: Annotated[Optional[float], typer.Option("--photons", help="Poisson model: incident photons per bin (CT) or photons at the peak (microscopy).")] = None,
     read_noise: Annotated[float, typer.Option("--read-noise", help="Microscopy read-noise std in photons (with --photons).")] = 0.0,
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset/array name inside HDF5/NPZ inputs.")] = None,
-    axis: Annotated[int, typer.Option("--axis", help="NIfTI axis to slice along (0, 1, 2).")] = 2,
+    axis: Annotated[Optional[int], typer.Option("--axis", help="NIfTI axis to slice along (0, 1, 2; default 2, axial).")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -78,7 +78,9 @@ def simulate(
     check_output(out)
     refuse_clobbering([image], [out])
     dev = resolve_device(device)
-    stack = read_images(image, key=key, axis=axis)
+    stack = read_images(image, key=key, axis=2 if axis is None else axis)
+    if axis is not None and stack.kind != "nifti":
+        raise InputError(f"{image}: --axis slices NIfTI volumes; a {stack.kind.upper()} stack is read as (slices, H, W).")
     data = stack.data
     attrs = {"source": str(image), "units": "image"}
     if stack.spacing:

@@ -132,8 +132,11 @@ def read_stacks(paths: list[Path], key: str | None = None, axis: int | None = No
             kwargs["key"] = key
         if axis is not None:
             kwargs["axis"] = axis
-        stacks = [SliceStack(np.asarray(s.data), str(s.source), bool(getattr(s, "hounsfield", False)))
-                  for s in read_image_paths([str(p) for p in paths], **kwargs)]
+        read = read_image_paths([str(p) for p in paths], **kwargs)
+        if axis is not None and read and not any(s.kind == "nifti" for s in read):
+            raise InputError(f"--axis slices NIfTI volumes, but none of the training data is NIfTI ({read[0].source} "
+                             f"is {read[0].kind.upper()}); other stacks are read as (slices, H, W).")
+        stacks = [SliceStack(np.asarray(s.data), str(s.source), bool(getattr(s, "hounsfield", False))) for s in read]
     else:
         stacks = _read_npy_fallback([Path(p) for p in paths])
     out = []
