@@ -29,9 +29,10 @@
 #   data/priors/brain128, `python examples/pack_prior.py data/priors/brain128`, untar the
 #   calibrations there, rerun the CPU tables (examples/bench_suite.py --only recon-*).
 # Optional stages, off by default to keep inside the time: OPERATOR_TESTS=1 (the operators'
-# CUDA tests), SPEED=1 (training, sampling and Radon throughput), COMPARE_SHIPPED=1 (the
-# shipped prior on the same slices and device), SHIPPED_LANGEVIN_CAL=1 (the langevin
-# calibrations the shipped prior lacks, after the other stages).
+# CUDA tests), SPEED=1 (training, sampling and Radon throughput; reconstruction with the
+# network in float32 and in bfloat16), COMPARE_SHIPPED=1 (the shipped prior on the same slices
+# and device), SHIPPED_LANGEVIN_CAL=1 (the langevin calibrations the shipped prior lacks,
+# after the other stages).
 # Try the plumbing on a CPU first (a tiny network from scratch, one slice per benchmark):
 #     DEVICE=cpu TRAIN_SECONDS=60 QUICK=1 BATCH=4 CHECKPOINT_EVERY=5 OUT=/tmp/gpu_out bash examples/gpu_session.sh
 #
@@ -164,6 +165,10 @@ if [[ "${SPEED:-0}" == 1 ]]; then
     $PY examples/bench_train.py --device "$DEVICE" --batch-size 32 --steps "$steps" || true
     $PY examples/bench_sampling.py --device "$DEVICE" --sizes 128 256 --batch 4 --steps "$steps" || true
     $PY examples/bench_radon.py --sizes 128 256 --threads 2 --repeats 3 || true
+    for dtype in "" --bf16; do  # the shipped prior's network in float32 and in bfloat16 (reconstruct --bf16)
+        timeout 60 $PY examples/bench_reconstruct.py --set heldout --settings ct30,mri8x --slices 2 --samples 4 \
+            --solvers default --methods none --device "$DEVICE" $dtype || true
+    done
 fi
 
 step "reconstruction with the new prior on $DEVICE"
