@@ -152,6 +152,19 @@ def test_bf16_network_gives_a_close_deterministic_result(setup, tmp_path, capsys
     assert "--bf16" in capsys.readouterr().err and not (tmp_path / "fbp.h5").exists()
 
 
+def test_bf16_on_a_cpu_without_bfloat16_instructions_warns(setup, tmp_path, capsys, monkeypatch):
+    """Where the CPU has neither AMX nor AVX512-BF16, --bf16 still runs but says it is slower."""
+    root, prior, meas = setup
+    base = ["reconstruct", meas, "--prior", prior, "--solver", "dds", "--steps", "2", "--samples", "2", "--device", "cpu"]
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False)
+        capsys.readouterr()
+        assert invdiff(*base, "--bf16", "--out", tmp_path / f"{native}.h5") == 0
+        err = capsys.readouterr().err
+        assert ("slower" in err) is not native
+
+
 def test_batch_skips_bad_file_and_existing(setup, tmp_path, capsys):
     root, prior, meas = setup
     folder = tmp_path / "in"

@@ -77,6 +77,20 @@ def resolve_device(name: str):
     return device
 
 
+def warn_slow_bf16(device, quiet: bool) -> None:
+    """With --bf16 on a CPU that lacks bfloat16 instructions (AMX or AVX512-BF16), say on stderr
+    that it will be slower there, not faster (emulated bfloat16 arithmetic)."""
+    import torch
+
+    if quiet or device.type != "cpu":
+        return
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if any(check is None for check in checks) or any(check() for check in checks):
+        return  # native bfloat16 (or a torch that cannot tell): no warning
+    print("invdiff: warning: this CPU has no bfloat16 instructions (AMX or AVX512-BF16), so --bf16 runs slower "
+          "than float32 here.", file=sys.stderr)
+
+
 def make_generator(seed: int):
     """A CPU torch.Generator seeded with ``seed`` (random draws are made on the CPU and moved,
     so a seed gives the same numbers on every device)."""

@@ -22,6 +22,7 @@ from invdiff.cli.common import (
     refuse_clobbering,
     resolve_device,
     show_progress,
+    warn_slow_bf16,
 )
 from invdiff.cli.options import (
     AccelerationOpt,
@@ -198,6 +199,8 @@ def reconstruct(
         files, outputs = [p[0] for p in pairs], [p[1] for p in pairs]
     geometry = geometry_from_options(locals())
     dev = share.device(resolve_device(device))
+    if bf16:
+        warn_slow_bf16(dev, quiet or dry_run)
     settings = Settings(
         method=method, weight=weight, iterations=iterations, solver=solver, steps=steps, guidance=guidance,
         options=_parse_options(option), samples=samples, keep_samples=keep_samples, seed=seed, batch=batch_size,

@@ -13,7 +13,8 @@ import typer
 
 from invdiff.cli.app import app
 from invdiff.cli.common import (Bf16Opt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json,
-                                make_generator, progress_bar, refuse_clobbering, resolve_device, show_progress)
+                                make_generator, progress_bar, refuse_clobbering, resolve_device, show_progress,
+                                warn_slow_bf16)
 from invdiff.errors import InputError
 
 EXAMPLES = """
@@ -101,6 +102,8 @@ def sample(
     prior_path = default_prior_path() if prior_dir is None else prior_dir
     prior = load_prior(prior_path, dev)
     prior.bf16 = bf16
+    if bf16:
+        warn_slow_bf16(dev, quiet)
     size = prior.image_size if image_size is None else image_size
     if size < 8:
         raise InputError(f"--image-size must be at least 8 pixels, got {size}.")

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import DeviceOpt, JsonOpt, QuietOpt, SeedOpt, emit_json, resolve_device, show_progress
+from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, emit_json, resolve_device, show_progress,
+                                warn_slow_bf16)
 from invdiff.errors import InputError
 
 EXAMPLES = """
@@ -169,6 +170,8 @@ def train(
 
     norm = Normalisation(kind=normalise, window=_window(window))
     torch_device = resolve_device(device)
+    if bf16:
+        warn_slow_bf16(torch_device, quiet or dry_run)
     stacks = read_stacks(list(data), key=key, axis=axis)
     norm = units_from_data(stacks, norm)
     train_set, val_set = build_sets(stacks, image_size, channels, fit, norm, val_fraction)
