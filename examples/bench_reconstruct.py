@@ -161,7 +161,9 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], help="solver option KEY=VALUE")
     parser.add_argument("--prior", default=None, help="prior directory, or 'auto' (the shipped prior per operator)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="run the prior's network in bfloat16 (invdiff reconstruct --bf16)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="comma list of float32, bfloat16: each solver row once per network dtype (bfloat16: "
+                             "invdiff reconstruct --bf16; labelled ', bf16')")
     parser.add_argument("--calibrate", type=int, default=0, help="calibration slices per calibration set (0: none)")
     parser.add_argument("--calibration-set", default=None, help="comma list of sets to calibrate on (default: --set)")
     parser.add_argument("--alpha", type=float, default=0.1, help="target miscoverage of the calibration")
@@ -189,10 +191,12 @@ def main() -> None:
             path = str(args.prior or default_prior_for("mri"))
         if path not in loaded:
             loaded[path] = load_prior(path, device=device)
-            loaded[path].bf16 = args.bf16
         return loaded[path]
 
     options = dict(o.split("=", 1) for o in args.option)
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= {"float32", "bfloat16"}:
+        parser.error(f"--dtypes {args.dtypes}: choose from float32, bfloat16")
     rows = []
     print(f"# {' '.join(sys.argv)}")
     if not args.solvers:
@@ -202,8 +206,7 @@ def main() -> None:
         prior_name = "auto (" + ", ".join(f"{op}: {_short(default_prior_for(op))}" for op in ops) + ")"
     else:
         prior_name = _short(args.prior or default_prior_for("mri"))
-    where = f"{device} (network bfloat16)" if args.bf16 else str(device)
-    print(f"# set={args.set} slices={len(images)} size={args.size} device={where} torch_threads={torch.get_num_threads()} "
+    print(f"# set={args.set} slices={len(images)} size={args.size} device={device} torch_threads={torch.get_num_threads()} "
           f"prior={prior_name}")
     if cal_sets:
         print(f"# calibration: {args.calibrate} slices of {', '.join(cal_sets)} (not the scored ones), alpha={args.alpha:g}, "
@@ -225,9 +228,10 @@ def main() -> None:
             rows.append({"setting": key, "method": method, "nfe": 0, "s_per_slice": sec, "peak_mib": peak_mib(device),
                          **score(images, res.reconstruction / unit, None)})
             _print(rows[-1], columns)
-        for solver in [s for s in args.solvers.split(",") if s]:
+        for solver, dtype in [(s, d) for s in args.solvers.split(",") if s for d in dtypes]:
             name = default_solver_for(op_name) if solver == "default" else solver
-            label = f"default = {name}" if solver == "default" else solver
+            label = (f"default = {name}" if solver == "default" else solver) + (", bf16" if dtype == "bfloat16" else "")
+            prior_for(op_name).bf16 = dtype == "bfloat16"
             s = Settings(solver=name, steps=args.steps, guidance=args.guidance, samples=args.samples, options=options,
                          seed=0)
             if device.type == "cuda":

@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python examples/bench_train.py                 # CPU, 64x64 and 128x128
     python examples/bench_train.py --device cuda --batch-size 32 --steps 20
-    python examples/bench_train.py --like data/priors/brain128 --sizes 128 --bf16   # a shipped prior's network, bfloat16 on the CPU
+    python examples/bench_train.py --like data/priors/brain128 --sizes 128 --dtypes float32,bfloat16   # a shipped prior's network
 
 One training step = draw a batch, EDM/DSM loss forward + backward, grad clip, AdamW, EMA update
 (exactly the loop of invdiff/prior/train.py, on random data; no files written).
@@ -75,18 +75,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast on the CPU too (invdiff train --bf16)")
+    ap.add_argument("--dtypes", default="float32", help="comma list of float32, bfloat16: on the CPU, a row for each "
+                    "(bfloat16 autocast: invdiff train --bf16); CUDA always uses bfloat16 autocast")
     ap.add_argument("--like", type=Path, default=None, help="time this prior directory's network instead")
     args = ap.parse_args()
     like = json.loads((args.like / "config.json").read_text()) if args.like else None
     device = torch.device(args.device)
     print(f"command: python {shlex.join(sys.argv)}   torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {device}{', bfloat16 autocast' if args.bf16 or device.type == 'cuda' else ''}")
-    print("| size | batch | params | s/step | images/s | peak MiB |")
-    print("|---|---|---|---|---|---|")
-    for size in (int(v) for v in args.sizes.split(",")):
-        r = bench(size, args.batch_size, args.steps, args.warmup, device, args.bf16, like)
-        print(f"| {r['size']} | {r['batch']} | {r['params']} | {r['step_s']:.3f} | {r['images_per_s']:.1f} "
+          f"device {device}{', network ' + str(args.like) if args.like else ''}")
+    print("| size | batch | params | network dtype | s/step | images/s | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    dtypes = ["bfloat16"] if device.type == "cuda" else args.dtypes.split(",")
+    for size, dtype in [(int(v), d) for v in args.sizes.split(",") for d in dtypes]:
+        r = bench(size, args.batch_size, args.steps, args.warmup, device, dtype == "bfloat16", like)
+        print(f"| {r['size']} | {r['batch']} | {r['params']} | {dtype} | {r['step_s']:.3f} | {r['images_per_s']:.1f} "
               f"| {r['peak_mib']:.0f} |", flush=True)
 
 
