@@ -67,14 +67,17 @@ def test_bf16_network_is_close_to_float32_and_keeps_the_skip_path_exact(tmp_path
         low = {s: prior(x, s) for s in (0.01, 0.3, 2.0)}
         again = prior(x, 0.3)
     for s in ref:
-        assert low[s].dtype == torch.float32 and not torch.equal(low[s], ref[s])
+        assert low[s].dtype == torch.float32 and low[s].is_contiguous() and not torch.equal(low[s], ref[s])
         assert (low[s] - ref[s]).norm() < 0.03 * (ref[s] - x).norm()
     assert (low[0.01] - ref[0.01]).norm() < 2e-4 * x.norm()
     assert torch.equal(again, low[0.3])
     xg = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(prior(xg, 0.5).sum(), xg)
     assert g.dtype == torch.float32 and g.abs().sum() > 0
-    prior.bf16 = False
+    conv = next(m for m in prior.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # bfloat16 convolutions want NHWC
+    prior.bf16 = False  # back to the float32 network, bit for bit
+    assert conv.weight.is_contiguous()
     with torch.no_grad():
         assert torch.equal(prior(x, 0.3), ref[0.3])
 

@@ -23,7 +23,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed and device give the same result.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
-Bf16Opt = Annotated[bool, typer.Option("--bf16", help="Run the prior's network in bfloat16: about 2x faster on CPUs with AMX or AVX512-BF16 and on GPUs, results within a few hundredths of a dB (BENCHMARKS.md); the data-consistency steps stay float32.")]
+Bf16Opt = Annotated[bool, typer.Option("--bf16", help="Run the prior's network in bfloat16 (channels-last): 2-3x faster on CPUs with AMX or AVX512-BF16, results within a few hundredths of a dB (BENCHMARKS.md); the data-consistency steps stay float32.")]
 
 
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:

@@ -222,13 +222,23 @@ class Prior(nn.Module):
     images between their own units and the prior's.
 
     ``bf16 = True`` runs the network under bfloat16 autocast (its convolutions and matrix
-    products in bfloat16, 8-bit mantissa); the preconditioning, and so the skip path
+    products in bfloat16, 8-bit mantissa) with its tensors in channels-last layout (which
+    oneDNN's bfloat16 convolutions need to be fast); the preconditioning, and so the skip path
     ``c_skip x`` that carries nearly all of D at small sigma, stays float32, and so does the
-    output. About twice as fast on CPUs with AMX or AVX512-BF16 and on recent GPUs (measured in
-    BENCHMARKS.md, "Network in bfloat16"); off by default.
+    output. Two to three times as fast on CPUs with AMX or AVX512-BF16 (BENCHMARKS.md,
+    "Network in bfloat16"); off by default.
     """
 
-    bf16: bool = False
+    _bf16: bool = False
+
+    @property
+    def bf16(self) -> bool:
+        return self._bf16
+
+    @bf16.setter
+    def bf16(self, on: bool) -> None:
+        self._bf16 = bool(on)
+        self.precond.to(memory_format=torch.channels_last if self._bf16 else torch.contiguous_format)
 
     def __init__(self, precond: Precond, config: dict, checksum: str = "", path: Path | None = None):
         super().__init__()
@@ -259,8 +269,8 @@ class Prior(nn.Module):
         if not self.bf16:
             return self.precond(x, as_sigma(sigma, x), class_labels)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-            out = self.precond(x, as_sigma(sigma, x), class_labels)
-        return out.to(x.dtype)
+            out = self.precond(x.contiguous(memory_format=torch.channels_last), as_sigma(sigma, x), class_labels)
+        return out.to(x.dtype).contiguous()
 
     def guided(self, w: float, class_label: int) -> "GuidedDenoiser":
         """Classifier-free guidance (Ho & Salimans 2021): D_w = (1 + w) D(x | c) - w D(x | null)."""
