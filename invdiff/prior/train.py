@@ -296,6 +296,8 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
     np.random.seed(s.seed % 2**32)
     random.seed(s.seed)
     model = build_model(s).to(device)
+    if device.type == "cpu":  # oneDNN's convolutions: backward passes 1.6x faster channels-last (float32 and bfloat16)
+        model.to(memory_format=torch.channels_last)
     if init_from is not None and not resume:
         init_weights(model, Path(init_from))
     ema = EMA(model, power=s.ema_power, max_decay=s.ema_max_decay)
