@@ -18,9 +18,9 @@ calibration slices are held-out slices the benchmark does NOT score: ``--slices`
 over the rest of the set (bench_reconstruct.py --calibrate uses the same ones). ``invdiff
 reconstruct --calibration auto`` (its default) then applies the file whose pipeline and
 operator settings fit a run (invdiff/pipeline/calibration.py). ``--bf16`` runs the network in
-bfloat16 (``invdiff reconstruct --bf16``: about 2.4x faster on a CPU with AMX, the same PSNR and
-coverage within 0.01 dB and 0.1 %, BENCHMARKS.md); the file's ``sources`` say so, and it applies
-to float32 runs as well.
+bfloat16 (``invdiff reconstruct --bf16``: 2.5-2.9x faster on a CPU with AMX, PSNR within 0.02 dB
+and coverage within 0.2 % of float32, BENCHMARKS.md "Network in bfloat16"); the file's
+``sources`` say so, and it applies to float32 runs as well.
 """
 
 from __future__ import annotations
