@@ -37,7 +37,7 @@ def bench(size: int, batch: int, steps: int, warmup: int, device: torch.device, 
     s = dataclasses.replace(s, image_size=size, batch_size=batch)
     torch.manual_seed(0)
     model = build_model(s).to(device)
-    if device.type == "cpu":  # as invdiff/prior/train.py does
+    if device.type == "cpu" and bf16:  # as invdiff/prior/train.py does
         model.to(memory_format=torch.channels_last)
     ema = EMA(model)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)

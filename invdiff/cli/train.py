@@ -115,7 +115,7 @@ def train(
     bf16: Annotated[Optional[bool], typer.Option(
         "--bf16/--no-bf16", help="bfloat16 autocast for the network's forward and backward passes (weights, optimiser "
         "and loss stay float32). Default: on for CUDA, off on the CPU; --bf16 on a CPU with AMX or AVX512-BF16 trains "
-        "about 1.7x faster (BENCHMARKS.md).")] = None,
+        "about 2.4x faster (BENCHMARKS.md).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
