@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--prior-dir", type=Path, default=None,
                         help="calibrate this prior directory (a retrained --prior, e.g. examples/gpu_session.sh's) "
                              "instead of data/priors/<prior>; its files go to <dir>/calibration/")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the truths, measurements and reconstructions in this folder "
+                             "(default: a temporary folder, deleted at the end)")
     args = parser.parse_args()
     image_set, settings = PRIORS[args.prior]
     settings = args.settings.split(",") if args.settings else settings
@@ -80,8 +83,9 @@ def main() -> None:
     truth = calibration_slices(pool, args.slices, pick_indices(len(pool), SCORED))
     out_dir = prior / "calibration"
     out_dir.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(truth):  # one file per slice: each its own mask and noise
             np.save(tmp / f"truth_{i:02d}.npy", image[None])
         for key, solver in [(key, solver) for key in settings for solver in args.solvers.split(",")]:

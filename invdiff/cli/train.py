@@ -126,7 +126,7 @@ def train(
     from invdiff.prior.augment import AugmentConfig
     from invdiff.prior.data import Normalisation, build_sets, data_sigma, read_stacks, units_from_data
     from invdiff.prior.sde import default_sigma_range
-    from invdiff.prior.train import TrainSettings, train as run_training
+    from invdiff.prior.train import CHECKPOINT, TrainSettings, train as run_training
     from invdiff.prior.unet import UNetConfig
 
     for value, option in [(image_size, "--image-size"), (batch_size, "--batch-size"), (steps, "--steps"), (lr, "--lr"),
@@ -154,7 +154,7 @@ def train(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a directory, but a file is there.")
     _check_out_folder(out)
-    if out.is_dir() and (out / "checkpoint.safetensors").exists() and not resume and not dry_run:
+    if out.is_dir() and (out / CHECKPOINT).exists() and not resume and not dry_run:
         raise InputError(f"{out}: holds a training checkpoint; add --resume to continue it or choose another --out.")
     if init is not None and not (init / "config.json").is_file():
         raise InputError(f"{init}: --init needs a prior directory with a config.json.")
