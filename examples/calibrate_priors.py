@@ -5,7 +5,7 @@
     python examples/calibrate_priors.py --prior brain128 --settings ct30,mri8x --solvers pc,dps
     python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers langevin   # > 1 h per setting
     python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers pc,dps,langevin --device cuda
-    python examples/calibrate_priors.py --prior brain128 --settings mri8x --solvers langevin --slices 10 --bf16
+    python examples/calibrate_priors.py --prior brain128 --settings mri8x --solvers langevin --bf16   # one process per setting
 
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
