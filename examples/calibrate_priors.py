@@ -6,6 +6,7 @@
     python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers langevin   # > 1 h per setting
     python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers pc,dps,langevin --device cuda
     python examples/calibrate_priors.py --prior brain128 --settings mri8x --solvers langevin --bf16   # one process per setting
+    python examples/calibrate_priors.py --prior microscopy128   # blur and blur-bead (the measured bead PSF)
 
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
@@ -53,7 +54,8 @@ SIMULATE = {
 }
 BEAD_FILE = "CACHE/bead/data.tif (flowdec's bead stack, python examples/fetch_data.py bead)"
 #: prior -> (image set of bench_reconstruct.py, settings)
-PRIORS = {"brain128": ("heldout", ["ct30", "ct60", "mri4x", "mri8x", "blur"]), "microscopy128": ("microscopy", ["blur", "blur-bead"])}
+PRIORS = {"brain128": ("heldout", ["ct30", "ct60", "mri4x", "mri8x", "blur"]),
+          "microscopy128": ("microscopy", ["blur", "blur-bead"])}
 SCORED = 6  # the benchmark scores 6 slices of each set (bench_reconstruct.py --slices 6)
 
 
