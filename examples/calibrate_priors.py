@@ -50,8 +50,9 @@ SIMULATE = {
     "mri4x": ["--operator", "mri", "--acceleration", "4", "--center-fraction", "0.08", "--noise-std", "0.005"],
     "mri8x": ["--operator", "mri", "--acceleration", "8", "--center-fraction", "0.04", "--noise-std", "0.005"],
     "blur": ["--operator", "blur", "--psf", "gaussian:2", "--noise-std", "0.01"],
-    "blur-bead": ["--operator", "blur", "--psf", "BEAD", "--noise-std", "0.01"],  # BEAD: flowdec's bead stack
+    "blur-bead": ["--operator", "blur", "--psf", BEAD, "--noise-std", "0.01"],  # resolved by simulate_options
 }
+#: how a calibration file's ``sources`` name the bead PSF (its cache path differs per machine)
 BEAD_FILE = "CACHE/bead/data.tif (flowdec's bead stack, python examples/fetch_data.py bead)"
 #: prior -> (image set of bench_reconstruct.py, settings)
 PRIORS = {"brain128": ("heldout", ["ct30", "ct60", "mri4x", "mri8x", "blur"]),
@@ -62,10 +63,7 @@ SCORED = 6  # the benchmark scores 6 slices of each set (bench_reconstruct.py --
 def simulate_options(key: str) -> list[str]:
     """The ``invdiff simulate`` options of a setting, the measured bead PSF resolved to its
     file in the data cache (``python examples/fetch_data.py bead``)."""
-    options = list(SIMULATE[key])
-    if "BEAD" in options:
-        options[options.index("BEAD")] = geometry_for(GeometryOptions(psf=BEAD)).psf
-    return options
+    return [geometry_for(GeometryOptions(psf=BEAD)).psf if option == BEAD else option for option in SIMULATE[key]]
 
 
 def invdiff(*args) -> None:
@@ -107,8 +105,9 @@ def main() -> None:
             meas, results, out = tmp / key, tmp / f"{name}_recon", out_dir / f"{name}.json"
             if not meas.exists():
                 meas.mkdir()
+                options = simulate_options(key)
                 for i in range(len(truth)):
-                    invdiff("simulate", tmp / f"truth_{i:02d}.npy", *simulate_options(key), "--seed", 1 + i,
+                    invdiff("simulate", tmp / f"truth_{i:02d}.npy", *options, "--seed", 1 + i,
                             "--out", meas / f"slice_{i:02d}.h5", "-q")
             chosen = ([] if solver == "default" else ["--solver", solver]) + (["--bf16"] if args.bf16 else [])
             invdiff("reconstruct", meas, "--prior", prior, *chosen, "--samples", "4", "--calibration", "none",
@@ -116,7 +115,7 @@ def main() -> None:
             invdiff("calibrate", results, "--alpha", args.alpha, "--out", out, "-q")
             cal = json.loads(out.read_text())
             cal["sources"] = [f"{args.slices} held-out slices of the {image_set} set not scored by the benchmark, "
-                              f"each simulated with: invdiff simulate {' '.join(SIMULATE[key]).replace('BEAD', BEAD_FILE)} "
+                              f"each simulated with: invdiff simulate {' '.join(SIMULATE[key]).replace(BEAD, BEAD_FILE)} "
                               f"--seed 1+i (slice i: "
                               f"its own mask and noise); reconstructed with: invdiff reconstruct "
                               f"{' '.join(chosen + ['--samples', '4'])} (examples/calibrate_priors.py --prior {args.prior})"]
