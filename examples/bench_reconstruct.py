@@ -139,7 +139,8 @@ def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None, samples: i
     rec = magnitude(rec)
     psnr = metrics.psnr_per_slice(truth, rec, 1.0)
     ssim = metrics.ssim_per_slice(truth, rec, 1.0)
-    out = {"psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim))}
+    out = {"psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)), "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
+           "psnr_slices": [float(v) for v in psnr]}  # per scored slice, in the order of the JSON's "slices"
     if std is not None and np.any(std):
         out["coverage_2std"] = metrics.coverage(truth, rec, std, 2.0)
         if samples > 1:
@@ -169,7 +170,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1, help="target miscoverage of the calibration")
     parser.add_argument("--shipped-calibration", action="store_true",
                         help="also report the 2-std coverage with the calibration shipped with the prior for each row")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the rows, with each scored slice's PSNR, and the scored slices' indices")
     args = parser.parse_args()
 
     pool = load_set(args.set, args.size)
@@ -267,7 +269,8 @@ def main() -> None:
                 rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, mean, scale * res.std / unit, 2.0)
             _print(rows[-1], columns)
     if args.json:
-        args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "slices": pick_indices(len(pool), args.slices).tolist(),
+                                         "rows": rows}, indent=1))
 
 
 def _short(path) -> str:

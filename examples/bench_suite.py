@@ -112,8 +112,8 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
 #: (None: always run; fetch_data.py only checks the checksums of what it has already fetched)
 PREPARE = (
     (["fetch_data.py"], None),
-    (["prepare_brain.py"], "brain/other_128.npy"),
-    (["prepare_brain.py", "--size", "256"], "brain/other_256.npy"),
+    (["prepare_brain.py"], "brain/split_128.json"),  # written since the split of 2026-12-06
+    (["prepare_brain.py", "--size", "256"], "brain/split_256.json"),
     (["prepare_ct.py"], "ct/heldout_256_mu.npy"),
     (["prepare_microscopy.py"], "microscopy/heldout_128.npy"),
 )

@@ -9,17 +9,23 @@ Protocol (BENCHMARKS.md refers to it):
   (anti-aliased) to SIZE x SIZE; slices with less than 20 % head are dropped.
 * Held-out slices of the training volumes: in every orientation of every volume a contiguous
   block of 6 slices at 60 % of the head's extent is kept out, with a 3-slice guard band on each
-  side also excluded from training.
+  side also excluded from training. A volume that is its own left-right mirror (the symmetric
+  MNI152 template) holds out no sagittal slices: each of them has an identical twin across the
+  midline, so a held-out one would have been trained on (until 2026-12-06 the MNI152 sagittal
+  block was held out while its twins were training slices). The script refuses to write a split
+  in which a held-out slice, or its mirror image, is also a training slice.
 * Other subjects and sequences (never trained on): adi_slice.dcm (MEMPRAGE, ami.js),
   S0_10slices.nii.gz (b0 EPI, dipy), example4d.nii.gz (EPI, nibabel), normalised the same way.
 
-Writes cache/brain/{train,heldout,other}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) under
-$INVDIFF_CACHE, and with --samples the small committed files data/samples/brain_*_SIZE.npy.
+Writes cache/brain/{train,heldout,other}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) and
+split_SIZE.json (the split's version and counts) under $INVDIFF_CACHE, and with --samples the
+small committed files data/samples/brain_*_SIZE.npy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,6 +39,12 @@ from fetch_data import cache_dir, fetch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_BLOCK, GUARD, MIN_HEAD = 6, 3, 0.2
+#: RMS difference (image units, [0, 1]) below which two slices count as copies
+COPY_RMS = 1e-3
+#: version of the split, written last to cache/brain/split_SIZE.json: a cache without that file
+#: holds the older split, and bench_suite.py (its PREPARE) prepares it again.
+#: 2 (2026-12-06): the symmetric MNI152 template holds out no sagittal slices.
+SPLIT_VERSION = 2
 
 
 def normalise(volume: np.ndarray) -> np.ndarray:
@@ -63,9 +75,17 @@ def orientations(volume: np.ndarray):
     yield "axial", [np.rot90(volume[:, :, k]) for k in range(volume.shape[2])]
 
 
+def mirror_symmetric(volume: np.ndarray) -> bool:
+    """True when ``volume`` (RAS+, axis 0 left-right) equals its left-right mirror to
+    ``COPY_RMS``, as a symmetric template does (MNI152 2009 "sym")."""
+    return float(np.sqrt(np.mean((volume - volume[::-1]) ** 2))) < COPY_RMS
+
+
 def split_volume(volume: np.ndarray, size: int):
+    """(training slices, held-out slices) of one volume, each ``size`` x ``size`` (module docstring)."""
     train, held = [], []
-    for _, slices in orientations(volume):
+    symmetric = mirror_symmetric(volume)
+    for name, slices in orientations(volume):
         keep = [i for i, s in enumerate(slices) if (s > 0.05).mean() > 0.05]
         if not keep:
             continue
@@ -73,6 +93,8 @@ def split_volume(volume: np.ndarray, size: int):
         start = first + int(0.6 * (last - first))
         held_idx = set(range(start, start + HELD_BLOCK))
         guard = set(range(start - GUARD, start + HELD_BLOCK + GUARD))
+        if symmetric and name == "sagittal":  # every slice has a twin across the midline
+            held_idx, guard = set(), set()
         for i in keep:
             image = square_resize(slices[i], size)
             if (image > 0.05).mean() < MIN_HEAD:
@@ -82,6 +104,20 @@ def split_volume(volume: np.ndarray, size: int):
             elif i not in guard:
                 train.append(image)
     return train, held
+
+
+def copies(held: np.ndarray, train: np.ndarray, tol: float = COPY_RMS) -> list[int]:
+    """Indices of the ``held`` slices ``(N, H, W)`` that equal a ``train`` slice ``(M, H, W)``,
+    or its left-right mirror (training flips its images), to an RMS difference below ``tol``."""
+    h = held.reshape(len(held), -1).astype(np.float64)
+    found = np.zeros(len(held), dtype=bool)
+    for start in range(0, len(train), 128):  # in chunks: a 256x256 training set is 0.7 GB in float64
+        chunk = train[start : start + 128]
+        for candidate in (chunk, chunk[:, :, ::-1]):
+            t = candidate.reshape(len(candidate), -1).astype(np.float64)
+            squared = (h**2).sum(1)[:, None] + (t**2).sum(1)[None, :] - 2 * h @ t.T
+            found |= np.sqrt(np.maximum(squared, 0).min(1) / h.shape[1]) < tol
+    return np.flatnonzero(found).tolist()
 
 
 def other_subjects(size: int) -> list[np.ndarray]:
@@ -115,11 +151,17 @@ def main() -> None:
         held += h
     other = other_subjects(size)
     print(f"other subjects: {len(other)} slices")
+    for label, stack in (("held-out", held), ("other-subject", other)):
+        leaked = copies(np.stack(stack), np.stack(train))
+        if leaked:
+            raise SystemExit(f"prepare_brain: {label} slices {leaked} are copies of training slices; nothing written.")
     out = cache_dir() / "brain"
     out.mkdir(parents=True, exist_ok=True)
     for label, stack in (("train", train), ("heldout", held), ("other", other)):
         np.save(out / f"{label}_{size}.npy", np.stack(stack).astype(np.float32))
         print(f"wrote {out / f'{label}_{size}.npy'}")
+    split = {"version": SPLIT_VERSION, "train": len(train), "heldout": len(held), "other": len(other)}
+    (out / f"split_{size}.json").write_text(json.dumps(split) + "\n")
     if args.samples:
         samples = REPO / "data" / "samples"
         samples.mkdir(parents=True, exist_ok=True)
