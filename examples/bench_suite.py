@@ -189,7 +189,6 @@ def main() -> None:
         sys.exit("bench_suite: invdiff is not installed in this Python; run `pip install -e .` in the repository first.")
     if not args.dry_run:
         prepare_data()
-    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
     for name, command in todo.items():
         shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c
                                         for c in command[1:]]])
@@ -202,8 +201,9 @@ def main() -> None:
             sys.exit(f"section {name} failed (exit {run.returncode}); BENCHMARKS.md keeps its old text for it.")
         body = (f"Command: `{shown}`{' (quick mode)' if args.quick else ''}  \n"
                 f"Run {dt.date.today().isoformat()} on {machine()}, device {args.device}.\n\n{table_lines(run.stdout)}")
-        text = splice(text, name, body)
-        args.out.write_text(text)
+        # read the file again: text edited by hand while the section ran (hours, for some) is kept
+        text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
+        args.out.write_text(splice(text, name, body))
         print(table_lines(run.stdout), flush=True)
 
 

@@ -59,3 +59,18 @@ def test_prepare_data_stops_with_one_sentence_when_a_script_fails(tmp_path, monk
     monkeypatch.setattr(bench_suite, "PREPARE", ((["broken.py"], "never.npy"),))
     with pytest.raises(SystemExit, match="broken.py failed"):
         bench_suite.prepare_data()
+
+
+def test_text_edited_while_a_section_runs_is_kept(tmp_path, monkeypatch):
+    out = tmp_path / "B.md"
+    out.write_text("# B\n\n<!-- bench:demo -->\nold\n<!-- /bench:demo -->\n\nnotes\n")
+    # the section's command edits the notes by hand, as a user may during an hours-long run
+    edit = (f"from pathlib import Path; p = Path({str(out)!r}); "
+            "p.write_text(p.read_text().replace('notes', 'notes edited meanwhile')); print('| new | table |')")
+    monkeypatch.setattr(bench_suite, "sections", lambda quick, device: {"demo": [sys.executable, "-c", edit]})
+    monkeypatch.setattr(bench_suite, "prepare_data", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["bench_suite.py", "--only", "demo", "--out", str(out)])
+    bench_suite.main()
+    text = out.read_text()
+    assert "| new | table |" in text and "old" not in text
+    assert text.endswith("notes edited meanwhile\n")
