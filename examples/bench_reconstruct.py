@@ -175,10 +175,11 @@ def main() -> None:
     args = parser.parse_args()
 
     pool = load_set(args.set, args.size)
-    images = pick(pool, args.slices)
+    scored = pick_indices(len(pool), args.slices)
+    images = pool[scored]
     cal_sets = (args.calibration_set or args.set).split(",") if args.calibrate else []
     cal_images = {name: calibration_slices(load_set(name, args.size), args.calibrate,
-                                           pick_indices(len(pool), args.slices) if name == args.set else [])
+                                           scored if name == args.set else [])
                   for name in cal_sets}
     device = torch.device(args.device)
     from invdiff.pipeline.defaults import default_prior_for
@@ -269,7 +270,7 @@ def main() -> None:
                 rows[-1][f"coverage_2std_cal_{c}"] = metrics.coverage(images, mean, scale * res.std / unit, 2.0)
             _print(rows[-1], columns)
     if args.json:
-        args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "slices": pick_indices(len(pool), args.slices).tolist(),
+        args.json.write_text(json.dumps({"argv": sys.argv, "set": args.set, "slices": scored.tolist(),
                                          "rows": rows}, indent=1))
 
 

@@ -110,12 +110,13 @@ def copies(held: np.ndarray, train: np.ndarray, tol: float = COPY_RMS) -> list[i
     """Indices of the ``held`` slices ``(N, H, W)`` that equal a ``train`` slice ``(M, H, W)``,
     or its left-right mirror (training flips its images), to an RMS difference below ``tol``."""
     h = held.reshape(len(held), -1).astype(np.float64)
+    h_norms = (h**2).sum(1)[:, None]
     found = np.zeros(len(held), dtype=bool)
     for start in range(0, len(train), 128):  # in chunks: a 256x256 training set is 0.7 GB in float64
-        chunk = train[start : start + 128]
+        chunk = train[start : start + 128].astype(np.float64)
+        t_norms = (chunk.reshape(len(chunk), -1) ** 2).sum(1)[None, :]  # a mirror image has the same norm
         for candidate in (chunk, chunk[:, :, ::-1]):
-            t = candidate.reshape(len(candidate), -1).astype(np.float64)
-            squared = (h**2).sum(1)[:, None] + (t**2).sum(1)[None, :] - 2 * h @ t.T
+            squared = h_norms + t_norms - 2 * h @ candidate.reshape(len(candidate), -1).T
             found |= np.sqrt(np.maximum(squared, 0).min(1) / h.shape[1]) < tol
     return np.flatnonzero(found).tolist()
 
@@ -151,14 +152,16 @@ def main() -> None:
         held += h
     other = other_subjects(size)
     print(f"other subjects: {len(other)} slices")
-    for label, stack in (("held-out", held), ("other-subject", other)):
-        leaked = copies(np.stack(stack), np.stack(train))
+    stacks = {label: np.stack(images).astype(np.float32) for label, images in (("train", train), ("heldout", held),
+                                                                                  ("other", other))}
+    for label, name in (("heldout", "held-out"), ("other", "other-subject")):
+        leaked = copies(stacks[label], stacks["train"])
         if leaked:
-            raise SystemExit(f"prepare_brain: {label} slices {leaked} are copies of training slices; nothing written.")
+            raise SystemExit(f"prepare_brain: {name} slices {leaked} are copies of training slices; nothing written.")
     out = cache_dir() / "brain"
     out.mkdir(parents=True, exist_ok=True)
-    for label, stack in (("train", train), ("heldout", held), ("other", other)):
-        np.save(out / f"{label}_{size}.npy", np.stack(stack).astype(np.float32))
+    for label, stack in stacks.items():
+        np.save(out / f"{label}_{size}.npy", stack)
         print(f"wrote {out / f'{label}_{size}.npy'}")
     split = {"version": SPLIT_VERSION, "train": len(train), "heldout": len(held), "other": len(other)}
     (out / f"split_{size}.json").write_text(json.dumps(split) + "\n")

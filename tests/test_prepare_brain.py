@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-from prepare_brain import HELD_BLOCK, copies, mirror_symmetric, split_volume  # noqa: E402
+from prepare_brain import GUARD, HELD_BLOCK, copies, mirror_symmetric, split_volume  # noqa: E402
 
 
 def head(n: int = 40, seed: int = 0) -> np.ndarray:
@@ -43,7 +43,7 @@ def test_the_old_split_of_a_symmetric_volume_leaked_and_copies_finds_it():
     sagittal = [np.rot90(volume[i]) for i in range(n)]
     start = int(0.6 * (n - 1))  # a block right of the midline; its twins lie left of it
     held = np.stack(sagittal[start : start + HELD_BLOCK])
-    train = np.stack([s for i, s in enumerate(sagittal) if not start - 3 <= i < start + HELD_BLOCK + 3])
+    train = np.stack([s for i, s in enumerate(sagittal) if not start - GUARD <= i < start + HELD_BLOCK + GUARD])
     assert copies(held, train) == list(range(HELD_BLOCK))
 
 
