@@ -293,6 +293,15 @@ def test_impossible_geometry_in_simulate(world, tmp_path, capsys, operator, opti
     expect_bad(tmp_path, capsys, args, image, fragment)
 
 
+def test_axis_on_a_stack_is_refused_before_the_file_is_read(tmp_path, capsys):
+    """--axis on a non-NIfTI input is refused from the format alone: a corrupt .npy gets the
+    --axis sentence, not the reader's (the file is never read)."""
+    image = tmp_path / "broken.npy"
+    image.write_bytes(b"not an npy file at all")
+    args = ["simulate", image, "--operator", "radon", "--axis", "0", "--out", tmp_path / "m.h5", "-q", "--device", "cpu"]
+    expect_bad(tmp_path, capsys, args, image, "--axis slices NIfTI volumes")
+
+
 @pytest.mark.parametrize("options, culprit, fragment", [
     (["--views", "0"], "sino.npy", "--views"),
     (["--image-size", "0"], "--image-size", "at least 1"),

@@ -70,7 +70,7 @@ def simulate(
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate a measurement of IMAGE and write it, with the image as ground truth, to --out."""
-    from invdiff.io.images import read_images
+    from invdiff.io.images import image_kind, read_images
     from invdiff.pipeline.simulate import simulate as run_simulate
     from invdiff.io.hdf5 import write_measurement
 
@@ -78,9 +78,9 @@ def simulate(
     check_output(out)
     refuse_clobbering([image], [out])
     dev = resolve_device(device)
+    if axis is not None and (kind := image_kind(image)) not in ("nifti", None):  # refused before reading
+        raise InputError(f"{image}: --axis slices NIfTI volumes; a {kind.upper()} stack is read as (slices, H, W).")
     stack = read_images(image, key=key, axis=2 if axis is None else axis)
-    if axis is not None and stack.kind != "nifti":
-        raise InputError(f"{image}: --axis slices NIfTI volumes; a {stack.kind.upper()} stack is read as (slices, H, W).")
     data = stack.data
     attrs = {"source": str(image), "units": "image"}
     if stack.spacing:

@@ -167,6 +167,18 @@ def _suffix_kind(path: Path) -> Kind | None:
     return _SUFFIX_KIND.get(path.suffix.lower())
 
 
+def image_kind(path: str | os.PathLike) -> Kind | None:
+    """The format `read_images` would read ``path`` as, without reading its pixels: "dicom"
+    for a folder (a DICOM series), None for an unknown format or a file that does not exist
+    (`read_images` then says which)."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom"
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    return _kind_of(path)
+
+
 def _kind_of(path: Path) -> Kind | None:
     """The format from the suffix, else from the file's first bytes."""
     kind = _suffix_kind(path)
