@@ -131,6 +131,27 @@ def calibration_slices(images: np.ndarray, n: int, exclude) -> np.ndarray:
     return images[rest[pick_indices(len(rest), n)]]
 
 
+def study_parser(doc: str, settings: str) -> argparse.ArgumentParser:
+    """The hand studies' command line: --settings, --sets (heldout,other) and --slices (3)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", default=settings)
+    parser.add_argument("--sets", default="heldout,other")
+    parser.add_argument("--slices", type=int, default=3)
+    return parser
+
+
+def study_cases(args: argparse.Namespace, size: int = 128):
+    """The hand studies' measurements, for each setting of ``args.settings`` and image set of
+    ``args.sets``: ``args.slices`` slices of the set (``pick``) simulated with seed 0. Yields
+    (label "SETTING SET", operator name, truth ``(slices, size, size)``, Measurement)."""
+    for key in args.settings.split(","):
+        op_name, geometry, noise, _ = SETTINGS[key]
+        for set_name in args.sets.split(","):
+            truth = pick(load_set(set_name, size), args.slices)
+            yield (f"{key} {set_name}", op_name, truth,
+                   simulate(truth, op_name, geometry_for(geometry), seed=0, device="cpu", **noise))
+
+
 def magnitude(rec: np.ndarray) -> np.ndarray:
     return np.abs(rec) if np.iscomplexobj(rec) else rec
 

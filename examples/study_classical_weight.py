@@ -18,7 +18,6 @@ PSNR in dB with data range 1, mean over slices; magnitudes for MRI.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from functools import partial
 from pathlib import Path
@@ -62,26 +61,19 @@ def blends(truth: np.ndarray, tv: np.ndarray, samples: np.ndarray) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="ct30,mri8x")
-    parser.add_argument("--sets", default="heldout,other")
-    parser.add_argument("--slices", type=int, default=3)
+    parser = bench.study_parser(__doc__, "ct30,mri8x")
     parser.add_argument("--samples", type=int, default=4)
     args = parser.parse_args()
     device = torch.device("cpu")
     prior = load_prior(str(default_prior_for("mri")), device=device)
     columns: dict[str, dict[str, float]] = {}
-    for key in args.settings.split(","):
-        op_name, geometry, noise, _ = bench.SETTINGS[key]
-        for name in args.sets.split(","):
-            truth = bench.pick(bench.load_set(name, 128), args.slices)
-            m = bench.simulate(truth, op_name, bench.geometry_for(geometry), seed=0, device="cpu", **noise)
-            tv = bench.magnitude(run_classical(m, Settings(method="tv"), device).reconstruction)
-            s = Settings(solver=default_solver_for(op_name), samples=args.samples, keep_samples=True, seed=0,
-                         options={"classical_weight": "0"})
-            samples = bench.magnitude(run_prior(m, s, prior, device).samples)
-            columns[f"{key} {name}"] = blends(truth, tv, samples)
-            print(f"# {key} {name} done", file=sys.stderr, flush=True)
+    for label, op_name, truth, m in bench.study_cases(args):
+        tv = bench.magnitude(run_classical(m, Settings(method="tv"), device).reconstruction)
+        s = Settings(solver=default_solver_for(op_name), samples=args.samples, keep_samples=True, seed=0,
+                     options={"classical_weight": "0"})
+        samples = bench.magnitude(run_prior(m, s, prior, device).samples)
+        columns[label] = blends(truth, tv, samples)
+        print(f"# {label} done", file=sys.stderr, flush=True)
     print(f"# {' '.join(sys.argv)}  ({args.slices} slices per set, K = {args.samples})")
     print("| blend | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))

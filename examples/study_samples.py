@@ -19,7 +19,6 @@ PSNR in dB with data range 1, mean over slices; magnitudes for MRI.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from functools import partial
 from pathlib import Path
@@ -64,30 +63,23 @@ def scores(truth: np.ndarray, tv: torch.Tensor, samples: torch.Tensor, beta: flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="ct30")
-    parser.add_argument("--sets", default="heldout,other")
-    parser.add_argument("--slices", type=int, default=3)
+    parser = bench.study_parser(__doc__, "ct30")
     parser.add_argument("--max-samples", type=int, default=16)
     parser.add_argument("--zetas", default="1,0.5,0.2")
     args = parser.parse_args()
     device = torch.device("cpu")
     prior = load_prior(str(default_prior_for("mri")), device=device)
     columns: dict[str, dict[str, float]] = {}
-    for key in args.settings.split(","):
-        op_name, geometry, noise, _ = bench.SETTINGS[key]
+    for label, op_name, truth, m in bench.study_cases(args):
         solver = default_solver_for(op_name)
         beta = float(get_solver(solver).defaults_for(op_name).get("classical_weight", 0.0))
-        for name in args.sets.split(","):
-            truth = bench.pick(bench.load_set(name, 128), args.slices)
-            m = bench.simulate(truth, op_name, bench.geometry_for(geometry), seed=0, device="cpu", **noise)
-            tv = torch.as_tensor(run_classical(m, Settings(method="tv"), device).reconstruction)
-            for zeta in args.zetas.split(","):
-                s = Settings(solver=solver, samples=args.max_samples, keep_samples=True, seed=0,
-                             options={"classical_weight": "0", "zeta": zeta})
-                samples = torch.as_tensor(run_prior(m, s, prior, device).samples)
-                columns[f"{key} {name} zeta={zeta}"] = scores(truth, tv, samples, beta)
-                print(f"# {key} {name} zeta={zeta} done", file=sys.stderr, flush=True)
+        tv = torch.as_tensor(run_classical(m, Settings(method="tv"), device).reconstruction)
+        for zeta in args.zetas.split(","):
+            s = Settings(solver=solver, samples=args.max_samples, keep_samples=True, seed=0,
+                         options={"classical_weight": "0", "zeta": zeta})
+            samples = torch.as_tensor(run_prior(m, s, prior, device).samples)
+            columns[f"{label} zeta={zeta}"] = scores(truth, tv, samples, beta)
+            print(f"# {label} zeta={zeta} done", file=sys.stderr, flush=True)
     print(f"# {' '.join(sys.argv)}  ({args.slices} slices per set)")
     print("| column | " + " | ".join(next(iter(columns.values()))) + " |")
     print("|---|" + "---|" * len(next(iter(columns.values()))))
