@@ -20,11 +20,11 @@ def exact_posterior(total: int, n: int = 4, size: int = 64, sigma: float = 0.05)
     mu = 0.5 + 0.1 * rng.random((n, size, size))
     truth = mu + sigma * rng.standard_normal(mu.shape)
     samples = mu + sigma * rng.standard_normal((total, *mu.shape))
-    return truth, torch.from_numpy(samples), mu, sigma
+    return truth, torch.from_numpy(samples), sigma
 
 
 def test_psnr_of_k_sample_means_follows_mmse_times_one_plus_one_over_k():
-    truth, samples, _, sigma = exact_posterior(16)
+    truth, samples, sigma = exact_posterior(16)
     out = scores(truth, torch.zeros(truth.shape, dtype=torch.float64), samples, beta=0.0)
     for k in (1, 2, 4, 8, 16):
         expected = -10 * np.log10(sigma**2 * (1 + 1 / k))
@@ -33,7 +33,7 @@ def test_psnr_of_k_sample_means_follows_mmse_times_one_plus_one_over_k():
 
 
 def test_coverage_at_k4_is_the_t_distributions():
-    truth, samples, _, _ = exact_posterior(4)
+    truth, samples, _ = exact_posterior(4)
     out = scores(truth, torch.zeros(truth.shape, dtype=torch.float64), samples, beta=0.0)
     # (truth - mean) / (s sqrt(1 + 1/4)) follows Student's t with 3 degrees of freedom
     expected = 100 * (2 * stats.t(3).cdf(2 / np.sqrt(1.25)) - 1)  # 83 %
@@ -42,7 +42,7 @@ def test_coverage_at_k4_is_the_t_distributions():
 
 
 def test_the_classical_blend_is_applied():
-    truth, samples, _, _ = exact_posterior(4)
+    truth, samples, _ = exact_posterior(4)
     tv = torch.from_numpy(truth)  # a classical estimate that is exactly right
     plain = scores(truth, tv, samples, beta=0.0)
     blended = scores(truth, tv, samples, beta=0.5)

@@ -33,7 +33,8 @@ def posterior_moments(samples: torch.Tensor, classical: torch.Tensor | None = No
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel mean and standard deviation ``(H, W)`` of K samples ``(K, H, W)`` (real or
     complex; the std of a complex image is sqrt(E|z - m|^2)), averaged with the classical
-    estimate ``(H, W)`` by weight ``beta`` (module docstring). The sample variance is the
+    estimate ``(H, W)`` by weight ``beta`` (module docstring). Every pixel is independent, so
+    a stack works the same: ``(K, n, H, W)`` and ``(n, H, W)`` give ``(n, H, W)``. The sample variance is the
     unbiased one (K - 1 in the denominator); it is 0 for K = 1."""
     beta = check_weight(beta)
     k = samples.shape[0]
