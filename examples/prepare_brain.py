@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 HELD_BLOCK, GUARD, MIN_HEAD = 6, 3, 0.2
 #: RMS difference (image units, [0, 1]) below which two slices count as copies
 COPY_RMS = 1e-3
-#: version of the split, written last to cache/brain/split_SIZE.json: a cache without that file
-#: holds the older split, and bench_suite.py (its PREPARE) prepares it again.
+#: version of the split, written last to cache/brain/split_SIZE.json. bench_suite.py (its
+#: PREPARE) prepares again a cache without the newest set (clinical_SIZE.npy, since version 3).
 #: 2 (2026-12-06): the symmetric MNI152 template holds out no sagittal slices.
 #: 3 (2026-12-07): adds the clinical set (train, heldout and other unchanged).
 SPLIT_VERSION = 3

@@ -244,3 +244,25 @@ def test_info_solvers_lists_options_and_tuned_defaults(capsys):
     assert out["solver_details"]["langevin"]["exact"] is True
     assert diffpir["data_weight_auto"] is True and out["solver_details"]["dps"]["data_weight_auto"] is False
     assert diffpir["options"]["adapt_iters"] == 0
+
+
+def test_info_describes_a_dicom_series_folder_and_refuses_other_folders(tmp_path, capsys):
+    """A folder with config.json is a prior; one of DICOM files is the series `simulate`,
+    `train` and `reconstruct --reference` read: info gives its stack shape and spacing; any
+    other folder gets one sentence and exit code 2."""
+    from helpers_cli import ct_slice
+
+    series = tmp_path / "series"
+    series.mkdir()
+    for i, z in enumerate((0.0, 2.5, 5.0)):
+        ct_slice(series / f"IM{i}", np.full((8, 6), 1024 + 10 * i, np.uint16), z=z, instance=i + 1, spacing=(0.7, 0.8))
+    assert invdiff("info", series, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "image (dicom)" and out["data"]["shape"] == [3, 8, 6] and out["units"] == "HU"
+    assert out["spacing_mm"] == pytest.approx([2.5, 0.7, 0.8])
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "a.txt").write_text("x")
+    assert invdiff("info", other) == 2
+    err = capsys.readouterr().err
+    assert str(other) in err and "neither a prior" in err and "Traceback" not in err

@@ -1,5 +1,5 @@
-"""``invdiff info``: what a measurement, result, prior, DICOM or image file holds; and what
-operators, solvers and classical methods are registered."""
+"""``invdiff info``: what a measurement, result, prior, DICOM file or series folder, or image file
+holds; and what operators, solvers and classical methods are registered."""
 
 from __future__ import annotations
 
@@ -27,14 +27,16 @@ def describe_file(path: Path) -> dict[str, Any]:
     """A JSON-able description of ``path`` (InputError when it is none of the known kinds)."""
     if not path.exists():
         raise InputError(f"{path}: file does not exist.")
-    if path.is_dir():
-        config = path / "config.json"
-        if not config.exists():
-            raise InputError(f"{path}: folder is not a prior (no config.json).")
+    if path.is_dir() and (path / "config.json").exists():
         from invdiff.prior.store import load_prior
 
         prior = load_prior(path, device="cpu")
         return {"kind": "prior", "path": str(path), "checksum": prior.checksum, "config": prior.config}
+    if path.is_dir():
+        from invdiff.io.images import is_dicom_folder
+
+        if not is_dicom_folder(path):
+            raise InputError(f"{path}: folder is neither a prior (no config.json) nor a DICOM series (no DICOM files).")
     suffix = path.suffix.lower()
     if suffix == ".json":
         import dataclasses
@@ -67,6 +69,8 @@ def describe_file(path: Path) -> dict[str, Any]:
     out = {"kind": f"image ({stack.kind})", "path": str(path), "data": _array_summary(stack.data)}
     if stack.hounsfield:
         out["units"] = "HU"
+    if stack.spacing is not None:  # (between slices or None, rows, columns) in mm
+        out["spacing_mm"] = list(stack.spacing)
     if stack.dicom_meta is not None:
         ds = stack.dicom_meta
         out["dicom"] = {k: str(ds.get(k)) for k in ("Modality", "SOPClassUID", "Rows", "Columns", "SeriesDescription") if k in ds}
@@ -113,7 +117,7 @@ def solver_details(name: str) -> dict[str, Any]:
 
 @app.command(epilog="Examples:\n\n  invdiff info sino.h5\n\n  invdiff info recon.h5 --json\n\n  invdiff info --solvers")
 def info(
-    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, calibration (.json), DICOM or image file.")] = None,
+    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, calibration (.json), DICOM file or DICOM series folder, or image file.")] = None,
     operators: Annotated[bool, typer.Option("--operators", help="List registered operators.")] = False,
     solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers, their --option names with defaults and their tuned per-operator defaults.")] = False,
     methods: Annotated[bool, typer.Option("--methods", help="List classical methods.")] = False,

@@ -397,6 +397,12 @@ def _series_stack(folder: Path, files: list[Path]) -> ImageStack:
     return ImageStack(data, folder, "dicom", volume.hounsfield, volume.meta, volume.spacing)
 
 
+def is_dicom_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds DICOM files directly (what `read_images` reads as a series)."""
+    folder = Path(folder)
+    return folder.is_dir() and bool(_dicom_files(folder))
+
+
 def _dicom_files(folder: Path) -> list[Path]:
     """The DICOM files directly in ``folder``: by suffix, or by the 'DICM' marker when suffix-less."""
     files = []
