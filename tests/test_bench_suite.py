@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -83,8 +84,6 @@ def test_every_section_of_the_suite_has_its_place_in_benchmarks_md():
     written = set(bench_suite.sections(quick=False, device="cpu")) | set(bench_suite.sections(quick=True, device="cpu"))
     for name in written:
         assert f"<!-- bench:{name} -->" in text and f"<!-- /bench:{name} -->" in text, name
-    import re
-
     assert set(re.findall(r"<!-- bench:([\w-]+) -->", text)) <= written
 
 

