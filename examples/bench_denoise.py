@@ -3,9 +3,9 @@
     python examples/fetch_data.py && python examples/prepare_brain.py
     python examples/bench_denoise.py [--prior data/priors/brain128] [--slices 8] [--transforms 1,8]
 
-Each image of the ``heldout`` and ``other`` sets (examples/prepare_brain.py) is normalised as
-the prior normalises (its recorded normalisation), Gaussian noise of std sigma (prior units)
-is added, and the prior's denoiser is called once at that sigma; TV denoising
+Each image of the ``heldout``, ``other`` and ``clinical`` sets (examples/prepare_brain.py) is
+normalised as the prior normalises (its recorded normalisation), Gaussian noise of std sigma
+(prior units) is added, and the prior's denoiser is called once at that sigma; TV denoising
 (``skimage.restoration.denoise_tv_chambolle``, weight 0.7 sigma) is the classical reference.
 PSNR is over the normalised images (peak about 1). The denoiser is what every solver calls, so
 this table tells quickly whether a new prior is better than an old one.
@@ -73,7 +73,7 @@ def main() -> None:
     print(f"# python {' '.join(sys.argv)}   prior={args.prior}")
     print("| set | denoiser | " + " | ".join(f"sigma {s:g}" for s in SIGMAS) + " |")
     print("|---|---|" + "---|" * len(SIGMAS))
-    for name in ("heldout", "other"):
+    for name in ("heldout", "other", "clinical"):
         images = np.load(cache_dir() / "brain" / f"{name}_{args.size}.npy")
         idx = np.linspace(0, len(images) - 1, min(args.slices, len(images))).round().astype(int)
         x, _ = prior.normalise(torch.from_numpy(images[idx]))
