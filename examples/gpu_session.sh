@@ -6,9 +6,10 @@
 #
 # Here (the development machine, with the data fetched: examples/fetch_data.py):
 #     bash examples/gpu_session.sh --prepare
-#   copies the raw brain volumes into .gpudata/ and the wheels the GPU machine lacks into
-#   .whl/ (both ignored by git through .git/info/exclude; about 19 MB: with the 41 MB of
-#   tracked files, under the 64 MiB a lent machine's working tree may hold).
+#   copies the raw brain volumes (and the clinical series prepare_brain.py also reads) into
+#   .gpudata/ and the wheels the GPU machine lacks into .whl/ (both ignored by git through
+#   .git/info/exclude; 24.8 MB: with the 41.4 MB of tracked files 63.2 MiB, just under the
+#   64 MiB a lent machine's working tree may hold; measured 2026-12-07).
 # There (device tool: run(command="bash examples/gpu_session.sh", carry=[".whl", ".gpudata"],
 # timeout_s=600)):
 #     bash examples/gpu_session.sh
