@@ -22,7 +22,7 @@ of flowdec's bead stack, ``python examples/fetch_data.py bead``). Image sets:
 sequences, ``clinical`` = a clinical PD-weighted series of another subject and scanner;
 ``samples`` = the committed data/samples files (no cache needed); ``ct`` = the held-out
 head-CT block of Cranium.inv3 (examples/prepare_ct.py) in relative attenuation divided
-by its maximum; ``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
+by its maximum, ``ct-other`` = the one head-CT slice of another patient (the same units); ``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
 ``--prior auto`` uses, per setting, the shipped prior ``invdiff reconstruct`` picks for its
 operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --prior, brain128.
 
@@ -91,9 +91,9 @@ def geometry_for(geometry: GeometryOptions) -> GeometryOptions:
 
 
 #: the image sets (module docstring)
-SETS = ("heldout", "other", "clinical", "samples", "ct", "microscopy")
+SETS = ("heldout", "other", "clinical", "samples", "ct", "ct-other", "microscopy")
 #: how to make each cached set (examples/, after fetch_data.py)
-PREPARE = {"ct": "prepare_ct.py", "microscopy": "prepare_microscopy.py"}
+PREPARE = {"ct": "prepare_ct.py", "ct-other": "prepare_ct.py", "microscopy": "prepare_microscopy.py"}
 
 
 def load_set(name: str, size: int) -> np.ndarray:
@@ -110,8 +110,8 @@ def _load_set(name: str, size: int) -> np.ndarray:
         return np.concatenate([np.load(REPO / "data/samples/brain_heldout_128.npy"), np.load(REPO / "data/samples/brain_other_128.npy")])
     from fetch_data import cache_dir
 
-    if name == "ct":
-        mu = np.load(cache_dir() / "ct" / f"heldout_{size}_mu.npy")
+    if name in ("ct", "ct-other"):
+        mu = np.load(cache_dir() / "ct" / f"{'heldout' if name == 'ct' else 'other'}_{size}_mu.npy")
         return (mu / mu.max()).astype(np.float32)
     if name == "microscopy":
         return np.load(cache_dir() / "microscopy" / f"heldout_{size}.npy")

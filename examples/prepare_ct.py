@@ -18,12 +18,18 @@ Split (BENCHMARKS.md refers to it): the held-out block is the 8 contiguous axial
 band of ``GUARD`` slices on each side that is in neither set. Every other slice is training
 data. The same slices are written at 256 (native) and 128 (anti-aliased resize, pixel 1.914 mm).
 
+Another patient (since 2026-12-07, never trained on): the one axial head-CT slice in the ami.js
+npm package (``ami_ct``: GE, 120 kV, 5 mm, 0.43 mm pixels, at the skull base with orbits and
+sinuses), resampled to the same pixel size as the Cranium slices of each size and centred, air
+around it: ``ct/other_{256,128}.npy`` and ``_mu.npy``. One slice: a check, not a benchmark.
+
 Writes under ``$INVDIFF_CACHE`` (default ~/.cache/invdiff):
   ct/train_256.npy, ct/heldout_256.npy, ct/train_128.npy, ct/heldout_128.npy
       float32 (N, H, W), Hounsfield units (air -1024, water 0, bone up to ~3000)
   ct/{train,heldout}_{256,128}_mu.npy
       the same slices as relative linear attenuation mu / mu_water = 1 + HU / 1000 (>= 0): what
       the CT prior data/priors/ct128 is trained on
+  ct/other_{256,128}.npy, ct/other_{256,128}_mu.npy   the other patient's slice, the same units
   ct/cranium.json   spacing (mm) per size, slice indices of each split, source and checksum
 """
 
@@ -82,6 +88,22 @@ def relative_attenuation(hu: np.ndarray) -> np.ndarray:
     return np.clip(1.0 + hu / 1000.0, 0.0, None).astype(np.float32)
 
 
+def other_patient(pixel_mm: float, size: int) -> np.ndarray:
+    """The ``ami_ct`` slice in HU as ``(1, size, size)`` float32 at ``pixel_mm`` per pixel:
+    anti-aliased resize from its own pixel spacing, then centred and padded with air (or cropped)."""
+    import pydicom
+
+    ds = pydicom.dcmread(fetch("ami_ct"))
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    rows, cols = (max(1, round(n * float(px) / pixel_mm)) for n, px in zip(hu.shape, ds.PixelSpacing))
+    small = np.clip(resize(hu, (rows, cols), order=1, anti_aliasing=True, preserve_range=True, mode="edge"), AIR_HU, None)
+    out = np.full((size, size), AIR_HU, np.float32)
+    r0, c0 = (size - rows) // 2, (size - cols) // 2
+    src = small[max(0, -r0) : max(0, -r0) + min(rows, size), max(0, -c0) : max(0, -c0) + min(cols, size)]
+    out[max(0, r0) : max(0, r0) + src.shape[0], max(0, c0) : max(0, c0) + src.shape[1]] = src
+    return out[None]
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
@@ -124,6 +146,10 @@ def main() -> None:
             save_npy(out / f"{name}_{size}_mu.npy", relative_attenuation(slices))
             print(f"  ct/{name}_{size}.npy  {slices.shape}  HU [{slices.min():.0f}, {slices.max():.0f}]"
                   f"  mean {slices.mean():.0f}")
+        other = other_patient(pixel_mm, size)
+        save_npy(out / f"other_{size}.npy", other)
+        save_npy(out / f"other_{size}_mu.npy", relative_attenuation(other))
+        print(f"  ct/other_{size}.npy  {other.shape}  HU [{other.min():.0f}, {other.max():.0f}]  (ami_ct)")
         summary["sizes"][str(size)] = {"pixel_mm": pixel_mm, "field_of_view_mm": pixel_mm * size}
     atomic_write_text(out / "cranium.json", json.dumps(summary, indent=1) + "\n")
     print(f"  held-out slices {held[0]}..{held[-1]}, guard {guard}, {len(train)} training slices -> {out}")
