@@ -22,7 +22,8 @@ of flowdec's bead stack, ``python examples/fetch_data.py bead``). Image sets:
 sequences, ``clinical`` = a clinical PD-weighted series of another subject and scanner;
 ``samples`` = the committed data/samples files (no cache needed); ``ct`` = the held-out
 head-CT block of Cranium.inv3 (examples/prepare_ct.py) in relative attenuation divided
-by its maximum, ``ct-other`` = the one head-CT slice of another patient (the same units); ``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
+by its maximum, ``ct-other`` = the one head-CT slice of another patient (the same units);
+``microscopy`` = the held-out neuron crops (examples/prepare_microscopy.py).
 ``--prior auto`` uses, per setting, the shipped prior ``invdiff reconstruct`` picks for its
 operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --prior, brain128.
 

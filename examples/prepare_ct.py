@@ -96,7 +96,8 @@ def other_patient(pixel_mm: float, size: int) -> np.ndarray:
     ds = pydicom.dcmread(fetch("ami_ct"))
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     rows, cols = (max(1, round(n * float(px) / pixel_mm)) for n, px in zip(hu.shape, ds.PixelSpacing))
-    small = np.clip(resize(hu, (rows, cols), order=1, anti_aliasing=True, preserve_range=True, mode="edge"), AIR_HU, None)
+    small = resize(hu, (rows, cols), order=1, anti_aliasing=True, preserve_range=True, mode="edge")
+    small = np.clip(small, AIR_HU, None)
     out = np.full((size, size), AIR_HU, np.float32)
     r0, c0 = (size - rows) // 2, (size - cols) // 2
     src = small[max(0, -r0) : max(0, -r0) + min(rows, size), max(0, -c0) : max(0, -c0) + min(cols, size)]
