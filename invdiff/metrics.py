@@ -88,7 +88,8 @@ def ssim_per_slice(reference: np.ndarray, estimate: np.ndarray, data_range: floa
 def psnr_per_slice(reference: np.ndarray, estimate: np.ndarray, data_range: float | None = None) -> list[float]:
     reference, estimate = _volumes(reference, estimate)
     rng = data_range_of(reference, data_range)
-    return [float(peak_signal_noise_ratio(r, e, data_range=rng)) for r, e in zip(reference, estimate)]
+    return [float("inf") if np.array_equal(r, e) else float(peak_signal_noise_ratio(r, e, data_range=rng))
+            for r, e in zip(reference, estimate)]
 
 
 def coverage(reference: np.ndarray, estimate: np.ndarray, std: np.ndarray, k: float = 2.0) -> float:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Iterator
 
@@ -128,21 +131,30 @@ def progress_bar(enabled: bool, description: str, total: int | None) -> Iterator
         yield lambda n=1: progress.advance(task, n)
 
 
+def json_plain(obj: Any) -> Any:
+    """``obj`` as plain JSON values: paths as strings, dataclasses as dicts, numpy arrays and
+    scalars as lists and numbers, and NaN or infinite numbers as None (bare NaN and Infinity
+    are not JSON: a PSNR is infinite for an exact reconstruction)."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k) if isinstance(k, Path) else k: json_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_plain(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float)):
+        return obj
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
 def emit_json(obj: Any) -> None:
-    """Print one JSON object on stdout (numpy scalars and paths converted)."""
-
-    def default(o):
-        if isinstance(o, Path):
-            return str(o)
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            return dataclasses.asdict(o)
-        if hasattr(o, "item"):
-            return o.item()
-        if hasattr(o, "tolist"):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    print(json.dumps(obj, default=default))
+    """Print one JSON object on stdout (json_plain: never a bare NaN)."""
+    print(json.dumps(json_plain(obj), allow_nan=False))
 
 
 def require_file(path: Path, what: str = "input") -> Path:
@@ -156,25 +168,73 @@ def require_file(path: Path, what: str = "input") -> Path:
     return path
 
 
-def refuse_clobbering(inputs: list[Path], outputs: list[Path]) -> None:
-    """InputError if an output path is one of the input files, or two outputs are the same file.
+def refuse_clobbering(inputs: list[Path], outputs: list[Path], read_dirs: list[Path] = ()) -> None:
+    """InputError if an output path is one of the input files, lies in a folder the command
+    reads (``read_dirs``: a prior directory), or two outputs are the same file.
 
     Checked before anything is read or written: an output that resolves to an input would
-    replace the data it is made from, and two equal outputs would leave only the last one.
+    replace the data it is made from, one inside a prior directory could replace its config or
+    weights, and two equal outputs would leave only the last one.
     """
     read = {p.resolve() for p in inputs if p.is_file()}
+    folders = [(d, d.resolve()) for d in read_dirs]
     seen: set[Path] = set()
     for o in outputs:
         r = o.resolve()
         if r in read:
             raise InputError(f"the output {o} would overwrite the input it is made from; choose another output path.")
+        for folder, resolved in folders:
+            if r == resolved or resolved in r.parents:
+                raise InputError(f"the output {o} lies in the prior directory {folder}, which this command reads "
+                                 f"and must not change; choose another output path.")
         if r in seen:
             raise InputError(f"{o} is given for two outputs; each needs its own path.")
         seen.add(r)
 
 
+def check_writable(path: Path, folder: Path | None = None) -> None:
+    """InputError naming ``path`` and the reason unless a file can be created in ``folder``
+    (default: the folder ``path`` goes in) or, where that does not exist yet, in the nearest
+    folder above it that does (so the missing ones can be made).
+
+    Tried with a hidden temporary file of the name an atomic write uses, removed at once:
+    permission bits alone cannot tell (root, read-only filesystems, /sys). Makes no folder.
+    """
+    folder = path.parent if folder is None else folder
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot write the output there ({folder} is a file, not a folder).")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the output there ({exc.strerror or exc}).") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_output(path: Path, overwrite: bool = True) -> Path:
-    """InputError if the output's folder cannot be created or the path is a folder."""
-    if path.exists() and path.is_dir():
-        raise InputError(f"{path}: output path is a folder; give a file name.")
+    """InputError if the path is a folder, or its folder cannot be created or written to."""
+    check_outputs([path])
+    return path
+
+
+def check_outputs(paths: list[Path]) -> None:
+    """`check_output` for many files, trying each folder they go in once (a batch's thousands
+    of results in one --out-dir cost one try)."""
+    tried: set[Path] = set()
+    for path in paths:
+        if path.exists() and path.is_dir():
+            raise InputError(f"{path}: output path is a folder; give a file name.")
+        if path.parent not in tried:
+            check_writable(path)
+            tried.add(path.parent)
+
+
+def check_output_folder(path: Path) -> Path:
+    """InputError if an output folder (files are written inside it) is a file, or cannot be
+    created or written to."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: output must be a folder, but a file with that name exists.")
+    check_writable(path, folder=path)
     return path

@@ -16,7 +16,8 @@ from invdiff.cli.common import (
     JsonOpt,
     QuietOpt,
     SeedOpt,
-    check_output,
+    check_outputs,
+    check_writable,
     emit_json,
     progress_bar,
     refuse_clobbering,
@@ -62,6 +63,8 @@ def _parse_options(items: list[str]) -> dict[str, str]:
 def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path]) -> list[Path]:
     if len(inputs) == 1 and out is not None and out_dir is None:
         return [out]
+    if out_dir is None and out is None and len(inputs) == 1:
+        raise InputError(f"{inputs[0]}: no output given; add --out FILE.h5 (or --out-dir FOLDER).")
     if out_dir is None:
         raise InputError("several inputs need --out-dir (one result file per input).")
     if out is not None:
@@ -70,6 +73,18 @@ def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path
     if len(set(names)) != len(names):
         raise InputError("two inputs share a file name; their results would overwrite each other in --out-dir.")
     return [out_dir / f"{p.stem}.h5" for p in inputs]
+
+
+def _prior_dirs(method: Optional[str], prior: Optional[Path]) -> list[Path]:
+    """The prior directories a run may read, which no output may go into: --prior, or without
+    it every shipped default prior (which one is chosen depends on each input's operator)."""
+    from invdiff.pipeline.defaults import DEFAULT_PRIOR, PRIOR_FOR_OPERATOR, PRIORS_DIR
+
+    if method is not None:
+        return []
+    if prior is not None:
+        return [prior]
+    return [PRIORS_DIR / name for name in sorted({DEFAULT_PRIOR, *PRIOR_FOR_OPERATOR.values()})]
 
 
 def _check_dicom_folders(inputs: list[Path], outputs: list[Path], png: Optional[Path], dicom) -> None:
@@ -102,7 +117,9 @@ def _check_dicom_folders(inputs: list[Path], outputs: list[Path], png: Optional[
         "  invdiff reconstruct file_brain_AXT2_1.h5 --method cg-sense --out cgsense.h5          (fastMRI file as it is)\n\n"
         "  invdiff reconstruct sino.npy --operator radon --views 60 --image-size 256 --method fbp --out fbp.h5\n\n"
         "  invdiff reconstruct data/ --out-dir results/ --skip-existing                           (batch)\n\n"
-        "  torchrun --standalone --nproc_per_node 4 -m invdiff reconstruct data/ --out-dir results/  (files shared out)"
+        "  torchrun --standalone --nproc_per_node 4 -m invdiff reconstruct data/ --out-dir results/  (files shared out)\n\n"
+        "An .h5 or .dat measurement records its geometry: a geometry option must agree with it (--filter, --boundary "
+        "and --complex choose how to reconstruct and override it; --operator-params overrides any parameter)."
     )
 )
 def reconstruct(
@@ -183,15 +200,20 @@ def reconstruct(
         raise InputError(f"--image-size must be at least 1, got {image_size}.")
     files = expand_inputs(inputs)
     outputs = _outputs_for(files, out, out_dir)
-    refuse_clobbering(files, outputs + ([png] if png is not None and len(files) == 1 else []))
-    for o in outputs:
-        check_output(o)
     if len(files) > 1 and (png is not None or dicom is not None):
         png_dir, dicom_root = png, dicom
     else:
         png_dir = dicom_root = None
+    pngs = [] if png is None else [png] if png_dir is None else [png_dir / f"{f.stem}.png" for f in files]
+    dicoms = [] if dicom is None else [dicom] if dicom_root is None else [dicom_root / f.stem for f in files]
+    read_dirs = _prior_dirs(method, prior)
+    refuse_clobbering(files + ([calibration_path] if calibration_path else []), outputs + pngs, read_dirs)
+    refuse_clobbering([], dicoms, read_dirs)
+    check_outputs(outputs + pngs)
+    for folder in dicoms:
+        check_writable(folder)  # the series is made beside the folder, then renamed onto it
     if dicom is not None:
-        _check_dicom_folders(files, outputs, png, dicom if dicom_root is None else [dicom_root / f.stem for f in files])
+        _check_dicom_folders(files, outputs, png, dicom if dicom_root is None else dicoms)
     share = DistInfo.from_env()
     n_inputs = len(files)  # over all ranks: one input fails the command, one of many is skipped
     if share.enabled:  # under torchrun: this process takes its share of the files

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (Bf16Opt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json,
+from invdiff.cli.common import (Bf16Opt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_outputs, emit_json,
                                 make_generator, progress_bar, refuse_clobbering, resolve_device, show_progress,
                                 warn_slow_bf16)
 from invdiff.errors import InputError
@@ -60,6 +60,19 @@ def write_samples(path: Path, samples, provenance: dict) -> None:
             f.attrs["invdiff_provenance"] = json.dumps(provenance, default=str)
 
 
+def _write(out: Path, png: Optional[Path], data, provenance: dict) -> None:
+    """The samples and their PNG grid, all or none: both go to temporary files that are renamed
+    into place only when both are written (the HDF5 file last)."""
+    from invdiff.io.atomic import atomic_paths
+
+    with atomic_paths([*([png] if png is not None else []), out]) as temps:
+        if png is not None:
+            from invdiff.io.png import save_grid
+
+            save_grid(temps[0], abs(data))
+        write_samples(temps[-1], data, provenance)
+
+
 @app.command(epilog=EXAMPLES)
 def sample(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output HDF5 file (dataset 'samples', (n, H, W)).")],
@@ -89,17 +102,19 @@ def sample(
         raise InputError(f"--sampler '{sampler}' is not one of {', '.join(SAMPLERS)}.")
     if n < 1 or batch_size < 1:
         raise InputError("-n and --batch-size must be at least 1.")
+    if sampler == "ode" and steps is not None:
+        raise InputError("--steps sets the noise levels of the em, pc, heun and ddim samplers; --sampler ode "
+                         "chooses its own steps (adaptive RK45), so leave --steps out.")
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
     if steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}.")
     if class_label is None and guidance != 0.0:
         raise InputError("--guidance needs --class-label.")
-    check_output(out)
-    if png is not None:
-        check_output(png)
-        refuse_clobbering([], [out, png])
-    dev = resolve_device(device)
     prior_path = default_prior_path() if prior_dir is None else prior_dir
+    outputs = [out, *([png] if png is not None else [])]
+    refuse_clobbering([], outputs, read_dirs=[prior_path])
+    check_outputs(outputs)
+    dev = resolve_device(device)
     prior = load_prior(prior_path, dev)
     prior.bf16 = bf16
     if bf16:
@@ -144,11 +159,7 @@ def sample(
         "seed": seed, "prior": str(prior_path), "prior_checksum": prior.checksum, "class_label": class_label,
         "guidance": guidance, "wall_time_s": round(wall, 3), "device": str(dev), "network_dtype": prior.network_dtype,
     }
-    write_samples(out, data, provenance)
-    if png is not None:
-        from invdiff.io.png import save_grid
-
-        save_grid(png, abs(data))
+    _write(out, png, data, provenance)
     result = {"out": str(out), "png": str(png) if png else None, "n": n, "shape": list(data.shape),
               "sampler": sampler, "steps": steps, "nfe_per_sample": provenance["nfe_per_sample"],
               "wall_time_s": provenance["wall_time_s"], "device": str(dev), "seed": seed}

@@ -73,10 +73,13 @@ def simulate(
     from invdiff.io.images import image_kind, read_images
     from invdiff.pipeline.simulate import simulate as run_simulate
     from invdiff.io.hdf5 import write_measurement
+    from invdiff.pipeline.geometry import check_options_fit
 
     start = time.perf_counter()
     check_output(out)
     refuse_clobbering([image], [out])
+    geometry = geometry_from_options(locals())
+    check_options_fit(operator, geometry)  # before the image is read: an option of another operator
     dev = resolve_device(device)
     if axis is not None and (kind := image_kind(image)) not in ("nifti", None):  # refused before reading
         raise InputError(f"{image}: --axis slices NIfTI volumes; a {kind.upper()} stack is read as (slices, H, W).")
@@ -85,7 +88,6 @@ def simulate(
     attrs = {"source": str(image), "units": "image"}
     if stack.spacing:
         attrs["spacing_mm"] = [None if v is None else float(v) for v in stack.spacing]
-    geometry = geometry_from_options(locals())
     if stack.hounsfield and operator == "radon":
         from invdiff.io.dicom import hu_to_mu
 

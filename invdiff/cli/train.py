@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, emit_json, resolve_device, show_progress,
-                                warn_slow_bf16)
+from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output_folder, emit_json,
+                                refuse_clobbering, resolve_device, show_progress, warn_slow_bf16)
 from invdiff.errors import InputError
 
 EXAMPLES = """
@@ -153,6 +153,9 @@ def train(
     augment_config = AugmentConfig.from_overrides(augment_option or []) if augment or augment_option else None
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a directory, but a file is there.")
+    if init is not None:
+        refuse_clobbering([], [out], read_dirs=[init])
+    check_output_folder(out)  # before training, not when the prior is saved at its end
     _check_out_folder(out)
     if out.is_dir() and (out / CHECKPOINT).exists() and not resume and not dry_run:
         raise InputError(f"{out}: holds a training checkpoint; add --resume to continue it or choose another --out.")

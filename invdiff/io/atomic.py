@@ -5,6 +5,8 @@ never a half-written output (os.replace is atomic on POSIX within one filesystem
 SIGKILL can leave behind is a hidden ``.NAME.*.tmp`` file beside the target, which no reader
 mistakes for an output. The renamed file gets the permissions a plainly created file would
 have (0666 minus the umask; an existing target keeps its mode), not mkstemp's private 0600.
+Several outputs of one command go through `atomic_paths`, so that a failure leaves none of
+them. A folder that cannot be made or written to is an InputError naming the output.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from invdiff.errors import InputError
 
 
 def _default_mode() -> int:
@@ -42,32 +46,125 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def folder_problem(folder: Path, exc: OSError) -> str:
+    """Why ``exc`` stopped a file being made in ``folder`` (or the folder being made), in words
+    for a message: a file where a folder should be, else the system's reason."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are still empty (best effort)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _temp_beside(target: Path) -> tuple[Path, list[Path]]:
+    """A new empty temporary file in the target's folder (created with its parents where
+    missing), and the folders that had to be created; InputError naming the target if the
+    folder or the file cannot be created (a parent that is a file, no permission, a read-only
+    filesystem)."""
+    created = _missing_folders(target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        _remove_empty(created)
+        raise InputError(f"{target}: cannot write the output file ({folder_problem(target.parent, exc)}).") from None
+    os.close(fd)
+    return Path(tmp), created
+
+
+def _commit(tmp_path: Path, target: Path) -> None:
+    """Flush ``tmp_path`` to disk, give it the target's mode and rename it onto ``target``."""
+    with open(tmp_path, "rb+") as fh:
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = _default_mode()
+    os.chmod(tmp_path, mode)
+    os.replace(tmp_path, target)
+    _fsync_dir(target.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto target.
 
-    On any exception the temporary file is removed and the target is left untouched.
+    On any exception the temporary file is removed, and the folders made for it if they are
+    still empty, and the target is left untouched. A folder that cannot be made or written to
+    is an InputError naming the target.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path, created = _temp_beside(target)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            mode = stat.S_IMODE(target.stat().st_mode)
-        except OSError:
-            mode = _default_mode()
-        os.chmod(tmp_path, mode)
-        os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
+        _commit(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _remove_empty(created)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_paths(targets: list[str | os.PathLike]) -> Iterator[list[Path]]:
+    """Several outputs as one: yield a temporary path per target; only when the block succeeds
+    are they renamed onto their targets, in the given order (so the last target, the main
+    result, appears last).
+
+    On any exception no target is changed: the temporaries are removed, and so are the folders
+    made for them if still empty. Should a rename fail after others were done (a disk failing
+    at the very end), the targets already renamed that did not exist before are removed again;
+    one that replaced an existing file cannot be restored and keeps the new content. An
+    InputError whose message names a temporary is reworded to name its target.
+    """
+    targets = [Path(t) for t in targets]
+    existed = [t.exists() for t in targets]
+    temps: list[Path] = []
+    created: list[Path] = []
+    done: list[Path] = []
+    try:
+        for target in targets:
+            tmp_path, made = _temp_beside(target)
+            temps.append(tmp_path)
+            created = made + created  # deepest first: a later target's folders may lie inside
+        try:
+            yield list(temps)
+        except InputError as exc:
+            text = str(exc)
+            for tmp_path, target in zip(temps, targets):
+                text = text.replace(str(tmp_path), str(target))
+            if text == str(exc):
+                raise
+            raise type(exc)(text) from None
+        for tmp_path, target in zip(temps, targets):
+            _commit(tmp_path, target)
+            done.append(target)
+    except BaseException:
+        for tmp_path in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+        for target, was_there in zip(targets, existed):
+            if target in done and not was_there:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+        _remove_empty(created)
         raise
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from invdiff.errors import InputError
+from invdiff.errors import InputError, naming
 from invdiff.io.atomic import atomic_path
 from invdiff.operators.base import config_from_json, config_to_json
 
@@ -152,10 +152,36 @@ def read_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
 COMPLEX_MEASUREMENT = {"radon": False, "mri": True, "blur": False}
 
 
+#: operators whose measurement of one slice is 2-D, so that a 2-D dataset is one slice
+ONE_SLICE_2D = ("radon", "blur")
+
+
+def _check_operator_name(name: str, path: Path) -> None:
+    """InputError unless ``name`` is a registered operator (built-in or plug-in)."""
+    from invdiff.operators.base import OPERATORS
+
+    known = OPERATORS.names()
+    if name not in known:
+        raise InputError(f"{path}: unknown operator '{name}' in the 'invdiff_operator' attribute "
+                         f"(known operators: {', '.join(known) or 'none'}).")
+
+
+def check_radon_geometry(path: Path, params: dict[str, Any]) -> None:
+    """The radon description's own checks (no projector is built), so that an empty angle list
+    or image is named as such rather than later as data that do not match the geometry."""
+    from invdiff.operators.radon import check_geometry
+
+    with naming(path):
+        check_geometry(params)
+
+
 def _check_measurement_data(data: np.ndarray, operator_name: str, key: str, path: Path) -> np.ndarray:
     """Numeric, at least (slices, n), of the kind (real/complex) the operator measures;
-    float32 / complex64 for the built-in operators."""
+    float32 / complex64 for the built-in operators. A 2-D sinogram ``(views, detectors)`` or
+    blurred image ``(H, W)`` is one slice, as in a foreign .npy."""
     data = _numeric(data, key, path)
+    if data.ndim == 2 and operator_name in ONE_SLICE_2D:
+        data = data[None]
     if data.ndim < 2:
         raise InputError(f"{path}: dataset '{key}' has {data.ndim} dimension(s); expected (slices, ...).")
     if data.size == 0:
@@ -208,7 +234,9 @@ def read_measurement(path: str | Path) -> Measurement:
     """Read an invdiff measurement file, or a fastMRI file as it is.
 
     Foreign files without ``invdiff_operator`` (other than fastMRI) give an InputError telling
-    the user to describe the geometry on the command line. The file's structure is checked
+    the user to describe the geometry on the command line. A 2-D sinogram or blurred image is
+    read as one slice ``(1, ...)``; an operator name that no operator is registered under is an
+    InputError listing the known ones. The file's structure is checked
     here (JSON, datasets, dtypes, dimensions); whether the data fit the operator's geometry is
     checked where the operator is built (``slice_operators`` in invdiff/pipeline/reconstruct.py).
     """
@@ -231,6 +259,7 @@ def read_measurement(path: str | Path) -> Measurement:
             raise InputError(f"{path}: the 'invdiff_operator' attribute is not valid JSON.") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise InputError(f"{path}: the 'invdiff_operator' attribute has no operator 'name'.")
+        _check_operator_name(raw["name"], path)
         raw.setdefault("params", {})
         if not isinstance(raw["params"], dict):
             raise InputError(f"{path}: the 'params' of the 'invdiff_operator' attribute are not a JSON object.")
@@ -255,6 +284,8 @@ def read_measurement(path: str | Path) -> Measurement:
                 raise InputError(f"{path}: dataset '{ref}' named by the operator description is missing.")
             arrays[ref] = _numeric(_read_dataset(f, ref, path), ref, path)
         operator = config_from_json(text, arrays)
+        if operator["name"] == "radon":
+            check_radon_geometry(path, operator["params"])
         key = measurement_key(operator["name"])
         if key not in f:
             raise InputError(f"{path}: no '{key}' dataset for the {operator['name']} operator.")
@@ -352,6 +383,22 @@ def read_result(path: str | Path) -> dict[str, Any]:
             value = out[key] = value[None]
         if value.shape != rec.shape:
             raise InputError(f"{path}: '{key}' has shape {value.shape} but 'reconstruction' has {rec.shape}.")
+    for key in ("reconstruction", "reconstruction_complex", "std", "samples"):
+        if out.get(key) is not None:
+            _check_result_values(out[key], key, path)
     if not isinstance(out["provenance"], dict):
         out["provenance"] = {}
     return out
+
+
+def _check_result_values(value: np.ndarray, key: str, path: Path) -> None:
+    """InputError for a result dataset that is empty, holds NaN or Inf, or (``std``) is negative."""
+    if value.size == 0:
+        raise InputError(f"{path}: dataset '{key}' is empty (shape {value.shape}).")
+    finite = np.isfinite(value)
+    if not finite.all():
+        bad = int(value.size - np.count_nonzero(finite))
+        raise InputError(f"{path}: dataset '{key}' holds {bad} NaN or Inf values.")
+    if key == "std" and value.min() < 0:
+        bad = int(np.count_nonzero(value < 0))
+        raise InputError(f"{path}: dataset 'std' holds {bad} negative values; a standard deviation is never negative.")

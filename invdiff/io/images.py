@@ -23,6 +23,7 @@ Conventions (the choices a reader has to make):
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import os
@@ -227,16 +228,20 @@ def quiet_tifffile() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+def _tiff_pixels(path: Path) -> tuple[np.ndarray, str]:
+    """The first series of a TIFF file and its axes (tifffile's letters), read quietly."""
     import tifffile
 
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            axes = series.axes
-            pixels = series.asarray()
+            return series.asarray(), series.axes
     except Exception as exc:
         raise InputError(f"{path}: not a readable TIFF file, or truncated ({dicom._reason(exc)}).") from None
+
+
+def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    pixels, axes = _tiff_pixels(path)
     if "S" in axes:  # samples per pixel (RGB): move them last and reduce to one channel
         pixels = _single_channel(np.moveaxis(pixels, axes.index("S"), -1), path, allow_rgb)
         axes = axes.replace("S", "")
@@ -248,13 +253,41 @@ def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
 
 
 def _read_npy(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+    return _as_stack(read_npy(path), path)
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """The array of an NPY file as stored, after `check_npy_header` (so never an object array,
+    a string array or a truncated file); InputError naming the file for anything else."""
+    path = Path(path)
     with open(path, "rb") as fh:
-        _check_npy_header(fh, path.stat().st_size, path)
+        check_npy_header(fh, path.stat().st_size, path)
     try:
-        array = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except Exception as exc:
         raise InputError(f"{path}: not a readable NPY array ({dicom._reason(exc)}).") from None
-    return _as_stack(array, path)
+
+
+def read_array(path: str | os.PathLike) -> np.ndarray:
+    """The numeric array of an NPY file or the first series of a TIFF file, as stored (no
+    stacking, no conversion): what a foreign measurement (a sinogram, a blurred image) is read
+    with. The checks of the image readers apply (header, truncation, object and string dtypes,
+    tifffile's log silenced); a colour TIFF is refused. InputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file does not exist." if not path.exists() else f"{path}: is a folder, not a file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty.")
+    if _kind_of(path) == "npy":
+        return read_npy(path)
+    pixels, axes = _tiff_pixels(path)
+    for axis in "SC":
+        if axis in axes and pixels.shape[axes.index(axis)] > 1:
+            raise InputError(f"{path}: expected single-channel data; got {pixels.shape[axes.index(axis)]} channels.")
+    problem = _dtype_problem(pixels.dtype)
+    if problem:
+        raise InputError(f"{path}: {problem}.")
+    return pixels
 
 
 def _read_npz(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
@@ -270,7 +303,7 @@ def _read_npz(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
                 raise InputError(f"{path}: NPZ has no array '{name}' (it has {', '.join(names)}).")
             info = archive.getinfo(name + ".npy")
             with archive.open(info) as member:
-                _check_npy_header(member, info.file_size, path)
+                check_npy_header(member, info.file_size, path)
             with archive.open(info) as member:
                 array = np.lib.format.read_array(member, allow_pickle=False)
     except InputError:
@@ -280,26 +313,83 @@ def _read_npz(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
     return _as_stack(array, path)
 
 
-def _check_npy_header(fh: Any, size: int, path: Path) -> None:
-    """Check an NPY header against the bytes present, so a corrupt header can neither
-    allocate a huge array nor hide a truncated file."""
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fh)
-        else:  # version 3.0 (utf-8 field names) has no public reader
-            shape, fortran, dtype = fmt._read_array_header(fh, version)
-        header_end = fh.tell()
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable NPY array ({dicom._reason(exc)}).") from None
-    if dtype.hasobject:
-        raise InputError(f"{path}: NPY holds Python objects, which are never loaded (pickles can run code).")
+#: NPY format versions: (major, minor) -> (bytes of the header length, header text encoding)
+_NPY_VERSIONS = {(1, 0): (2, "latin1"), (2, 0): (4, "latin1"), (3, 0): (4, "utf-8")}
+#: the longest header np.load reads without being told otherwise (numpy's own limit)
+_NPY_MAX_HEADER = 10000
+
+
+def check_npy_header(fh: Any, size: int, path: Path) -> None:
+    """Read and check an NPY header (versions 1.0, 2.0 and 3.0) from ``fh`` against the
+    ``size`` bytes of the file: InputError for anything but a numeric array whose data are all
+    present, so that a corrupt header can neither allocate a huge array nor hide a truncated
+    file, and an object array (a pickle, which can run code) is never loaded.
+
+    The header is parsed here, not by numpy's private helpers: a Python dict literal, read
+    with ``ast.literal_eval`` (literals only, no code), the dtype from its ``descr`` with
+    numpy's public ``descr_to_dtype``.
+    """
+    shape, dtype, header_end = _npy_header(fh, path)
+    problem = _dtype_problem(dtype)
+    if problem:
+        raise InputError(f"{path}: {problem}.")
     needed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     if header_end + needed > size:
-        raise InputError(f"{path}: NPY array is truncated ({size - header_end} of {needed} data bytes present).")
+        raise InputError(f"{path}: NPY array is truncated ({max(size - header_end, 0)} of {needed} data bytes present).")
+
+
+def _npy_header(fh: Any, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, header_end)`` of the NPY header at the start of ``fh``."""
+    magic = fh.read(8)
+    if len(magic) < 8 or magic[:6] != b"\x93NUMPY":
+        raise InputError(f"{path}: not a valid NPY file (it does not start with the NPY magic string).")
+    version = (magic[6], magic[7])
+    if version not in _NPY_VERSIONS:
+        if max(version) < 10:  # a version number numpy may write one day; larger bytes are junk
+            raise InputError(f"{path}: unsupported NPY format version {version[0]}.{version[1]} (invdiff reads 1.0, 2.0 and 3.0).")
+        raise InputError(f"{path}: not a valid NPY header (no format version after the magic string).")
+    length_bytes, encoding = _NPY_VERSIONS[version]
+    raw = fh.read(length_bytes)
+    length = int.from_bytes(raw, "little")
+    if len(raw) < length_bytes or length > _NPY_MAX_HEADER:
+        raise InputError(f"{path}: not a valid NPY header (its length field is missing or implausible).")
+    text = fh.read(length)
+    if len(text) < length:
+        raise InputError(f"{path}: not a valid NPY header (the file ends inside it).")
+    header = _npy_header_dict(text, encoding)
+    if header is None:
+        raise InputError(f"{path}: not a valid NPY header (expected a dict with 'descr', 'fortran_order' and 'shape').")
+    try:
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+    except Exception:  # numpy raises TypeError, ValueError, ... for a description it cannot use
+        raise InputError(f"{path}: not a valid NPY header (unknown data type {header['descr']!r}).") from None
+    return header["shape"], dtype, 8 + length_bytes + length
+
+
+def _npy_header_dict(text: bytes, encoding: str) -> dict[str, Any] | None:
+    """The header dict if ``text`` holds a well-formed one, else None."""
+    try:
+        header = ast.literal_eval(text.decode(encoding))
+    except Exception:  # SyntaxError, ValueError, UnicodeDecodeError, MemoryError, RecursionError ...
+        return None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        return None
+    shape = header["shape"]
+    if not isinstance(header["fortran_order"], bool) or not isinstance(shape, tuple):
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        return None
+    return header
+
+
+def _dtype_problem(dtype: np.dtype) -> str | None:
+    """What is wrong with an array of ``dtype`` for invdiff (it needs numbers), or None."""
+    if dtype.hasobject:
+        return "array holds Python objects, which are never loaded (pickles can run code)"
+    if dtype.kind in "biufc":
+        return None
+    what = {"U": "strings", "S": "strings", "T": "strings", "M": "dates", "m": "time spans", "V": "records"}.get(dtype.kind, "values")
+    return f"array holds {what}, not numbers (non-numeric dtype {dtype})"
 
 
 def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
@@ -384,7 +474,7 @@ _READERS: dict[str, Callable[[Path, str | None, bool], np.ndarray]] = {
 def _read_dicom_folder(folder: Path) -> ImageStack:
     files = _dicom_files(folder)
     if not files:
-        raise InputError(f"{folder}: is a folder without DICOM files (use read_image_paths for folders of images).")
+        raise InputError(f"{folder}: is a folder without DICOM files; give an image file, or a folder that holds one DICOM series.")
     groups = dicom.group_dicom_series(files)
     if len(groups) > 1:
         raise InputError(f"{folder}: folder holds {len(groups)} DICOM series; give one series folder.")
@@ -465,8 +555,9 @@ def _single_channel(pixels: np.ndarray, path: Path, allow_rgb: bool) -> np.ndarr
 
 def _as_stack(array: np.ndarray, path: Path) -> np.ndarray:
     """Any numeric array (H, W) or (..., H, W) with singleton extra axes -> (slices, H, W)."""
-    if array.dtype.kind not in "biufc":
-        raise InputError(f"{path}: array has non-numeric dtype {array.dtype}.")
+    problem = _dtype_problem(array.dtype)
+    if problem:
+        raise InputError(f"{path}: {problem}.")
     squeezed = array.reshape([n for n in array.shape[:-2] if n != 1] + list(array.shape[-2:])) if array.ndim >= 2 else array
     if squeezed.ndim == 2:
         squeezed = squeezed[None]

@@ -145,6 +145,12 @@ def noise_from_options(
     given = [name for name, v in (("--noise-std", std), ("--noise-rel", rel), ("--photons", photons)) if v is not None]
     if len(given) > 1:
         raise InputError(f"give only one of {', '.join(given)}.")
+    if read_std:
+        if not (math.isfinite(read_std) and read_std > 0):
+            raise InputError(f"--read-noise must be >= 0, got {read_std}.")
+        if photons is None or poisson_kind != "poisson_gaussian":
+            raise InputError("--read-noise is the read noise of the microscopy Poisson model; give it with --photons "
+                             "and the blur operator.")
     if std is not None:
         if not (math.isfinite(std) and std >= 0):
             raise InputError(f"--noise-std must be >= 0, got {std}.")

@@ -330,7 +330,7 @@ class RadonOperator(Operator):
     def from_config(
         cls, params: dict[str, Any], *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "RadonOperator":
-        check_params("radon", params, PARAMS, ("image_shape", "angles_deg"))
+        check_geometry(params)
         return cls(
             image_shape=params["image_shape"],
             angles_deg=params["angles_deg"],
@@ -364,12 +364,29 @@ class RadonOperator(Operator):
             raise ValueError(f"radon: expected sinograms (B, {views}, {detectors}), got {tuple(y.shape)}")
 
 
+def check_geometry(params: dict[str, Any]) -> None:
+    """The checks of :meth:`RadonOperator.from_config` that need no projector: the keys, the
+    image shape, the angles, the detector count and spacing and the pixel size, each bad value
+    one sentence. Cheap, so a reader can call it before comparing a file's data or the command
+    line with the geometry (an empty angle list or image is then named as such, not as a shape
+    mismatch)."""
+    check_params("radon", params, PARAMS, ("image_shape", "angles_deg"))
+    _check_image_shape(params["image_shape"])
+    _check_angles(params["angles_deg"])
+    if params.get("detectors") is not None:
+        _check_detectors(params["detectors"])
+    _check_positive(params.get("spacing", 1.0), "detector spacing")
+    _check_positive(params.get("pixel_size", 1.0), "pixel size")
+
+
 def _check_image_shape(image_shape: Any) -> tuple[int, int, int]:
     try:
         shape = tuple(int(n) for n in image_shape)
         valid = len(shape) == 3 and all(float(a) == b for a, b in zip(image_shape, shape))
     except (TypeError, ValueError):
         valid = False
+    if valid and min(shape[1:]) == 0:
+        raise InputError(f"the radon geometry describes an empty image (image shape {list(shape)}); H and W must be at least 1.")
     if not valid or min(shape) < 1:
         raise InputError(f"the radon operator needs an image shape (1, H, W) with H, W >= 1, got {image_shape!r}.")
     if shape[0] != 1:
@@ -382,8 +399,10 @@ def _check_angles(angles_deg: Any) -> list[float]:
         angles = np.asarray(angles_deg, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError("the radon angles must be a list of numbers in degrees.") from None
-    if angles.ndim != 1 or angles.size == 0:
-        raise InputError("the radon operator needs at least one view angle (got none).")
+    if angles.size == 0:
+        raise InputError("the radon geometry has no angles: it needs at least one view angle (angles_deg is empty).")
+    if angles.ndim != 1:
+        raise InputError("the radon angles must be a flat list of numbers in degrees.")
     if not np.isfinite(angles).all():
         raise InputError("the radon angles contain NaN or Inf values.")
     return [float(a) for a in angles]

@@ -69,8 +69,38 @@ def _json_params(text: str | None) -> dict[str, Any]:
     return params
 
 
+#: GeometryOptions field -> (its command-line flag, the built-in operator it belongs to)
+OPTION_OPERATOR = {
+    "views": ("--views", "radon"), "angles": ("--angles", "radon"), "detectors": ("--detectors", "radon"),
+    "detector_spacing": ("--detector-spacing", "radon"), "pixel_size": ("--pixel-size", "radon"),
+    "filter": ("--filter", "radon"),
+    "acceleration": ("--acceleration", "mri"), "center_fraction": ("--center-fraction", "mri"),
+    "mask": ("--mask", "mri"), "coils": ("--coils", "mri"), "complex_image": ("--complex", "mri"),
+    "psf": ("--psf", "blur"), "boundary": ("--boundary", "blur"),
+}
+
+
+def given_options(opts: GeometryOptions) -> list[str]:
+    """The GeometryOptions fields set on the command line (``--operator-params`` aside)."""
+    return [field for field in OPTION_OPERATOR if getattr(opts, field) not in (None, False)]
+
+
+def check_options_fit(name: str, opts: GeometryOptions) -> None:
+    """InputError for a named option of another operator (``--acceleration`` with radon):
+    it would be ignored, and a run that silently ignores what it was told is wrong in a way
+    nobody sees. A plug-in operator takes only ``--operator-params``."""
+    for field in given_options(opts):
+        flag, owner = OPTION_OPERATOR[field]
+        if owner != name:
+            where = f"the {name} operator" if name in ("radon", "mri", "blur") else (
+                f"the plug-in operator '{name}', which takes its parameters as --operator-params JSON")
+            raise InputError(f"{flag} is an option of the {owner} operator, not of {where}.")
+
+
 def operator_params(name: str, image_hw: tuple[int, int], opts: GeometryOptions, seed: int) -> dict[str, Any]:
-    """The ``params`` of operator ``name`` for images of size ``image_hw`` (noise excluded)."""
+    """The ``params`` of operator ``name`` for images of size ``image_hw`` (noise excluded);
+    InputError for an option of another operator (check_options_fit)."""
+    check_options_fit(name, opts)
     h, w = image_hw
     if name == "radon":
         params: dict[str, Any] = {"image_shape": [1, h, w]}

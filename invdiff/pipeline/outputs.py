@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shlex
 import sys
@@ -52,10 +53,17 @@ def write_outputs(
     dicom_dir: Path | None = None,
     png: Path | None = None,
 ) -> None:
-    """Write DICOM and PNG first, then the HDF5 result (each atomically), so a result file
-    on disk means the whole job finished. A fastMRI input's results are the centre of the
-    image at its targets' size (``fastmri_crop``, invdiff/io/fastmri.py), as a fastMRI
-    submission is; the provenance records the crop."""
+    """Write the HDF5 result with its optional DICOM series and PNG preview, all or none.
+
+    The PNG and the HDF5 result are written to temporary files first, then the DICOM series
+    (atomically, on its own), and only then are the PNG and, last, the result renamed into
+    place, so a result file on disk means the whole job finished. A failure at any point
+    leaves none of this run's outputs: the temporaries are removed, and so is a DICOM series
+    written before a failing rename (see `_remove_series`). A fastMRI input's results are the
+    centre of the image at its targets' size (``fastmri_crop``, invdiff/io/fastmri.py), as a
+    fastMRI submission is; the provenance records the crop."""
+    from invdiff.io.atomic import atomic_paths
+
     crop = m.attrs.get("fastmri_crop")
     if crop:
         from invdiff.io.fastmri import center_crop
@@ -65,38 +73,68 @@ def write_outputs(
         std = None if std is None else center_crop(std, shape)
         samples = None if samples is None else center_crop(samples, shape)
         record["fastmri_crop"] = list(shape)
-    if dicom_dir is not None:
-        from invdiff.io.dicom import mu_to_hu, write_dicom_series
-        from invdiff.io.dicom_meta import meta_from_json
+    dicom_existed = dicom_dir is not None and dicom_dir.exists()
+    written: list[Path] = []
+    try:
+        with atomic_paths([*([png] if png is not None else []), out]) as temps:
+            if png is not None:
+                _write_png(temps[0], m, reconstruction, std)
+            write_result(temps[-1], reconstruction, std=std, samples=samples, provenance=record)
+            if dicom_dir is not None:
+                written = _write_dicom(dicom_dir, m, reconstruction, record)
+    except BaseException:
+        _remove_series(dicom_dir, written, dicom_existed)
+        raise
 
-        image = np.abs(reconstruction) if np.iscomplexobj(reconstruction) else reconstruction
-        modality = dicom_modality(m.operator["name"])
-        units = "HU" if m.attrs.get("hounsfield") else "arbitrary"
-        if units == "HU":
-            image = mu_to_hu(image)
-        pixel = m.operator["params"].get("pixel_size")
-        spacing = m.attrs.get("spacing_mm") or [None, None, None]
-        if spacing[1] and spacing[2]:  # the source image's (row, column) spacing
-            pixel_spacing = (spacing[1], spacing[2])
-        else:
-            pixel_spacing = (pixel, pixel) if pixel else None
-        write_dicom_series(
-            dicom_dir,
-            image,
-            modality=modality,
-            source_meta=meta_from_json(m.attrs.get("source_dicom")),
-            description=f"invdiff {record.get('solver') or record.get('method')}",
-            units=units,
-            pixel_spacing=pixel_spacing,
-            slice_spacing=spacing[0],  # from the source's slice positions; its thickness comes with source_meta
-            overwrite=True,
-        )
-    if png is not None:
-        from invdiff.io.png import save_preview
 
-        image = np.abs(reconstruction) if np.iscomplexobj(reconstruction) else reconstruction
-        reference = m.ground_truth
-        if reference is not None and np.iscomplexobj(reference):
-            reference = np.abs(reference)
-        save_preview(png, image, std=std, reference=reference)
-    write_result(out, reconstruction, std=std, samples=samples, provenance=record)
+def _write_png(path: Path, m: Measurement, reconstruction: np.ndarray, std: np.ndarray | None) -> None:
+    """The PNG preview: the reconstruction (magnitude), its std and the ground truth if known."""
+    from invdiff.io.png import save_preview
+
+    image = np.abs(reconstruction) if np.iscomplexobj(reconstruction) else reconstruction
+    reference = m.ground_truth
+    if reference is not None and np.iscomplexobj(reference):
+        reference = np.abs(reference)
+    save_preview(path, image, std=std, reference=reference)
+
+
+def _write_dicom(dicom_dir: Path, m: Measurement, reconstruction: np.ndarray, record: dict[str, Any]) -> list[Path]:
+    """The reconstruction as a DICOM series in ``dicom_dir`` (HU for a CT input in HU); returns its files."""
+    from invdiff.io.dicom import mu_to_hu, write_dicom_series
+    from invdiff.io.dicom_meta import meta_from_json
+
+    image = np.abs(reconstruction) if np.iscomplexobj(reconstruction) else reconstruction
+    modality = dicom_modality(m.operator["name"])
+    units = "HU" if m.attrs.get("hounsfield") else "arbitrary"
+    if units == "HU":
+        image = mu_to_hu(image)
+    pixel = m.operator["params"].get("pixel_size")
+    spacing = m.attrs.get("spacing_mm") or [None, None, None]
+    if spacing[1] and spacing[2]:  # the source image's (row, column) spacing
+        pixel_spacing = (spacing[1], spacing[2])
+    else:
+        pixel_spacing = (pixel, pixel) if pixel else None
+    return write_dicom_series(
+        dicom_dir,
+        image,
+        modality=modality,
+        source_meta=meta_from_json(m.attrs.get("source_dicom")),
+        description=f"invdiff {record.get('solver') or record.get('method')}",
+        units=units,
+        pixel_spacing=pixel_spacing,
+        slice_spacing=spacing[0],  # from the source's slice positions; its thickness comes with source_meta
+        overwrite=True,
+    )
+
+
+def _remove_series(dicom_dir: Path | None, written: list[Path], existed: bool) -> None:
+    """Undo a DICOM series this run wrote: remove its files, and the folder if this run made it
+    and nothing else is in it (best effort; nothing else is touched)."""
+    if dicom_dir is None or not written:
+        return
+    for path in written:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if not existed:
+        with contextlib.suppress(OSError):
+            dicom_dir.rmdir()

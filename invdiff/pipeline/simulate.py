@@ -26,6 +26,23 @@ def image_tensor(images: np.ndarray, channels: int) -> torch.Tensor:
     return x
 
 
+def _check_fits(image_shape: Any, images: np.ndarray, operator_name: str) -> None:
+    """InputError unless an operator's ``image_shape`` ``(C, H, W)`` fits the images ``(slices,
+    H, W)`` (``--operator-params`` can set another size); a shape that is not three whole
+    numbers is left to the operator to report."""
+    try:
+        channels, height, width = (int(n) for n in image_shape)
+    except (TypeError, ValueError):
+        return
+    if (height, width) != tuple(images.shape[1:]):
+        raise InputError(f"the {operator_name} operator's image_shape {[channels, height, width]} does not fit the "
+                         f"{images.shape[1]}x{images.shape[2]} image; leave image_shape out of --operator-params, "
+                         f"or give [C, {images.shape[1]}, {images.shape[2]}].")
+    if channels not in (1, 2):
+        raise InputError(f"the {operator_name} operator's images have {channels} channels; simulate makes real (1) "
+                         f"or complex (2) images.")
+
+
 def apply_forward(operator: Operator, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     """Forward-project ``(slices, C, H, W)`` in batches on the operator's device -> CPU tensor."""
     out = []
@@ -59,7 +76,9 @@ def simulate(
     if not np.isfinite(images).all():
         raise InputError("the image contains NaN or Inf values.")
     params = operator_params(operator_name, images.shape[1:], geometry, seed)
+    _check_fits(params.get("image_shape"), images, operator_name)  # before a wrong-sized operator is built
     op = build_operator({"name": operator_name, "params": params}, device=device, dtype=torch.float64)
+    _check_fits(op.image_shape, images, operator_name)
     x = image_tensor(images, op.image_shape[0])
     clean = apply_forward(op, x)
     noise = noise_from_options(

@@ -33,7 +33,7 @@ from torch import nn
 
 import invdiff
 from invdiff.errors import InputError
-from invdiff.io.atomic import atomic_path, atomic_write_text
+from invdiff.io.atomic import atomic_path, atomic_write_text, folder_problem
 from invdiff.prior.data import Normalisation
 from invdiff.prior.denoiser import as_sigma
 from invdiff.prior.precond import Precond
@@ -130,7 +130,10 @@ def tensors_digest(state: dict[str, torch.Tensor]) -> str:
 def save_prior(out_dir: Path, config: dict, raw_state: dict[str, torch.Tensor], ema_state: dict[str, torch.Tensor]) -> Path:
     """Write the prior directory: weights first, then config.json with the EMA checksum."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the prior directory ({folder_problem(out_dir, exc)}).") from None
     config = dict(config)
     config.pop("weights_ema_sha256", None)
     config["format_version"] = FORMAT_VERSION
@@ -147,6 +150,9 @@ def save_prior(out_dir: Path, config: dict, raw_state: dict[str, torch.Tensor], 
 def read_config(prior_dir: Path) -> dict:
     """Parse and check config.json; InputError naming the file on any problem."""
     path = Path(prior_dir) / CONFIG_NAME
+    if Path(prior_dir).exists() and not Path(prior_dir).is_dir():
+        raise InputError(f"{prior_dir}: is a file, not a prior directory (a prior is the folder that holds "
+                         f"config.json and the weights).")
     if not Path(prior_dir).is_dir():
         raise InputError(f"{prior_dir}: prior directory does not exist.")
     if not path.is_file():
