@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import JsonOpt, QuietOpt, check_output, emit_json, refuse_clobbering, require_file
+from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, JsonOpt, QuietOpt, check_device, check_output,
+                                emit_json, refuse_clobbering, require_file)
 from invdiff.errors import InputError
 
 
@@ -34,8 +35,11 @@ def calibrate(
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset name inside an HDF5/NPZ reference.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    device: AcceptedDeviceOpt = "auto",
+    seed: AcceptedSeedOpt = 0,
 ) -> None:
     """Calibrate the posterior std of a prior, solver and operator on images whose truth is known."""
+    check_device(device)
     import invdiff
     from invdiff.io.atomic import atomic_write_text
     from invdiff.io.hdf5 import read_result

@@ -26,13 +26,16 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cud
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed and device give the same result.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
+# the --device and --seed every command takes (DESIGN.md section 1), on a command that has no use for them
+AcceptedDeviceOpt = Annotated[str, typer.Option("--device", help="Accepted as on every command (auto, cpu, cuda); this command computes on the CPU.")]
+AcceptedSeedOpt = Annotated[int, typer.Option("--seed", help="Accepted as on every command; this command draws no random numbers.")]
 Bf16Opt = Annotated[bool, typer.Option("--bf16", help="Run the prior's network in bfloat16 (channels-last): 2-3x faster on CPUs with AMX or AVX512-BF16, results within a few hundredths of a dB (BENCHMARKS.md); the data-consistency steps stay float32.")]
 
 
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run the Typer app and map outcomes to exit codes: 0 ok, 2 bad input/usage, 1 internal."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="invdiff")
+        code = app(args=argv, standalone_mode=False, prog_name="invdiff")
     except InputError as exc:
         _error(str(exc))
         return 2
@@ -53,7 +56,11 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
         traceback.print_exc()
         _error("internal error (a bug in invdiff; please report it with the traceback above).")
         return 1
-    return 0
+    # Without standalone mode click returns, not raises, the code of an Exit: typer turns
+    # Ctrl-C (KeyboardInterrupt) into Exit(130), which must not end as a success.
+    if code == 130:
+        _error("interrupted.")
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def _error(message: str) -> None:
@@ -61,6 +68,14 @@ def _error(message: str) -> None:
     if message and message[-1] not in ".!?":
         message += "."
     print(f"invdiff: error: {message}", file=sys.stderr)
+
+
+def check_device(name: str) -> None:
+    """The --device of a command that computes on the CPU (evaluate, calibrate, info): refused
+    where resolve_device would refuse it, so that a pipeline's options mean the same on every
+    command; ``auto`` needs no check (and no torch import)."""
+    if name != "auto":
+        resolve_device(name)
 
 
 def resolve_device(name: str):

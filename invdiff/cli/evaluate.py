@@ -8,8 +8,19 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import JsonOpt, QuietOpt, emit_json, require_file
+from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, JsonOpt, QuietOpt, check_device, emit_json,
+                                require_file)
 from invdiff.errors import InputError
+
+
+def _check_same_operator(provenance: dict, result: Path, m) -> None:
+    """InputError when the result was reconstructed from another operator's measurement than
+    the one its data residual would be computed with."""
+    operator = provenance.get("operator") if isinstance(provenance, dict) else None
+    recorded = operator.get("name") if isinstance(operator, dict) else None
+    if isinstance(recorded, str) and recorded != m.operator["name"]:
+        raise InputError(f"{m.source or 'the measurement'}: holds a {m.operator['name']} measurement, but {result} was "
+                         f"reconstructed from a {recorded} one; give the measurement it came from.")
 
 
 @app.command(
@@ -33,8 +44,11 @@ def evaluate(
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset name inside an HDF5/NPZ reference.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    device: AcceptedDeviceOpt = "auto",
+    seed: AcceptedSeedOpt = 0,
 ) -> None:
     """Compare a reconstruction with a reference image."""
+    check_device(device)
     from invdiff.io.hdf5 import read_measurement, read_result
     from invdiff.pipeline.evaluate import evaluate as run_evaluate
     from invdiff.pipeline.evaluate import load_reference, reference_path
@@ -48,6 +62,7 @@ def evaluate(
     if m is not None:
         from invdiff.pipeline.reconstruct import check_data
 
+        _check_same_operator(res["provenance"], result, m)
         check_data(m)  # a residual against NaN or all-zero data means nothing
     if ref.ndim == 3 and ref.shape != res["reconstruction"].shape:
         raise InputError(f"{reference}: the reference has shape {ref.shape} but the reconstruction in {result} "

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import JsonOpt, emit_json
+from invdiff.cli.common import AcceptedDeviceOpt, AcceptedSeedOpt, JsonOpt, QuietOpt, check_device, emit_json
 from invdiff.errors import InputError
 
 
@@ -122,8 +122,12 @@ def info(
     solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers, their --option names with defaults and their tuned per-operator defaults.")] = False,
     methods: Annotated[bool, typer.Option("--methods", help="List classical methods.")] = False,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    device: AcceptedDeviceOpt = "auto",
+    seed: AcceptedSeedOpt = 0,
 ) -> None:
     """Describe FILE, or list what is registered."""
+    check_device(device)
     out: dict[str, Any] = {}
     if operators:
         from invdiff.operators.base import OPERATORS
@@ -144,5 +148,5 @@ def info(
         raise InputError("give a FILE to describe, or --operators / --solvers / --methods.")
     if json_out:
         emit_json(out)
-    else:
+    elif not quiet:  # --quiet: only the exit code says whether FILE could be read
         typer.echo(json.dumps(out, indent=2, default=str))

@@ -69,9 +69,12 @@ def _outputs_for(inputs: list[Path], out: Optional[Path], out_dir: Optional[Path
         raise InputError("several inputs need --out-dir (one result file per input).")
     if out is not None:
         raise InputError("give either --out (one input) or --out-dir (many inputs), not both.")
-    names = [p.stem for p in inputs]
-    if len(set(names)) != len(names):
-        raise InputError("two inputs share a file name; their results would overwrite each other in --out-dir.")
+    first: dict[str, Path] = {}
+    for p in inputs:
+        other = first.setdefault(p.stem, p)
+        if other is not p:
+            raise InputError(f"{other} and {p} share the name '{p.stem}', so both results would be written to "
+                             f"{out_dir / (p.stem + '.h5')}; rename one, or give them separate --out-dir runs.")
     return [out_dir / f"{p.stem}.h5" for p in inputs]
 
 
@@ -167,6 +170,7 @@ def reconstruct(
     quiet: QuietOpt = False,
 ) -> None:
     """Reconstruct images from measurements; writes the posterior mean, its std and provenance."""
+    from invdiff.io.hdf5 import is_result_file
     from invdiff.pipeline.inputs import expand_inputs, load_measurement
     from invdiff.pipeline.outputs import provenance, write_outputs
     from invdiff.pipeline.reconstruct import Settings, run_classical, run_prior
@@ -237,8 +241,12 @@ def reconstruct(
     bar = show_progress(quiet, json_out)
     for src, dst in zip(files, outputs):
         if skip_existing and dst.exists():
-            summary.append({"input": str(src), "out": str(dst), "skipped": True})
-            continue
+            if is_result_file(dst):
+                summary.append({"input": str(src), "out": str(dst), "skipped": True})
+                continue
+            if not quiet:
+                print(f"invdiff: warning: {dst} exists but is not a readable invdiff result; reconstructing "
+                      f"{src} again.", file=sys.stderr)
         try:
             with naming(src):
                 m = load_measurement(src, operator=operator, geometry=geometry, image_size=image_size, seed=seed)
@@ -250,7 +258,8 @@ def reconstruct(
                 prior_path = prior or default_prior_for(m.operator["name"])
                 s.solver = s.solver or default_solver_for(m.operator["name"])
                 if dry_run:
-                    emit_json({"input": str(src), "out": str(dst), "prior": str(prior_path), "bf16": bf16, **vars(s)})
+                    summary.append({"input": str(src), "out": str(dst), "prior": str(prior_path), "bf16": bf16,
+                                    **vars(s)})
                     continue
                 key = str(prior_path)
                 if key not in loaded_priors:
@@ -264,7 +273,7 @@ def reconstruct(
                     loaded_priors[key].bf16 = bf16
                 the_prior = loaded_priors[key]
             elif dry_run:
-                emit_json({"input": str(src), "out": str(dst), **vars(s)})
+                summary.append({"input": str(src), "out": str(dst), **vars(s)})
                 continue
             start = time.perf_counter()
             with progress_bar(bar, f"{src.name}", m.data.shape[0]) as advance, naming(src):
@@ -291,10 +300,9 @@ def reconstruct(
                 raise
             failures.append({"input": str(src), "error": str(exc)})
             print(f"invdiff: error: {exc}", file=sys.stderr)
-    if dry_run:
-        return
-    if json_out:
+    if json_out or dry_run:  # a dry run prints its plan, one JSON object like a run's summary
         ranks = {"rank": share.rank, "world_size": share.world_size} if share.enabled else {}
         emit_json({"results": summary, "failed": failures, **ranks})
     if failures:
-        raise InputError(f"{len(failures)} of {len(files)} input(s) failed and were skipped; the others were written.")
+        done = "nothing was written (--dry-run)" if dry_run else "the others were written"
+        raise InputError(f"{len(failures)} of {len(files)} input(s) failed and were skipped; {done}.")

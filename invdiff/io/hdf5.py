@@ -355,6 +355,17 @@ def write_result(
             f.attrs["invdiff_format"] = FORMAT_VERSION
 
 
+def is_result_file(path: str | Path) -> bool:
+    """Whether ``path`` opens as a finished invdiff result: an HDF5 file with a
+    'reconstruction' dataset and provenance (what ``reconstruct --skip-existing`` may skip;
+    an empty, truncated or foreign file is done again). Reads no pixels."""
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("reconstruction"), h5py.Dataset) and "invdiff_provenance" in f.attrs
+    except Exception:  # h5py raises OSError and others for files that are not HDF5
+        return False
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
     """Read a result file: dict with reconstruction, std, samples (or None) and provenance."""
     path = Path(path)

@@ -425,5 +425,9 @@ def _check_resume(out_dir: Path, s: TrainSettings) -> None:
     now = json.loads(json.dumps(s.to_dict()))
     for key, value in saved.items():
         if key not in RESUMABLE and now.get(key) != value:
+            if key == "sigma_data":  # measured from the images with --sigma-data auto, the default
+                raise InputError(f"--resume: the checkpoint in {out_dir} was trained with sigma_data {value!r} but "
+                                 f"this run's is {now.get(key)!r}, measured from other training images unless "
+                                 f"--sigma-data was given; resume on the images the checkpoint was trained on.")
             raise InputError(f"--resume: setting '{key}' is {now.get(key)!r} but the checkpoint in {out_dir} "
                              f"was trained with {value!r}.")
