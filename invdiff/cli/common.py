@@ -215,15 +215,13 @@ def check_writable(path: Path, folder: Path | None = None) -> None:
     Tried with a hidden temporary file of the name an atomic write uses, removed at once:
     permission bits alone cannot tell (root, read-only filesystems, /sys). Makes no folder.
     """
-    folder = path.parent if folder is None else folder
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError(f"{path}: cannot write the output there ({folder} is a file, not a folder).")
+    from invdiff.io.atomic import existing_ancestor, folder_problem
+
+    folder = existing_ancestor(path.parent if folder is None else folder)
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise InputError(f"{path}: cannot write the output there ({exc.strerror or exc}).") from None
+        raise InputError(f"{path}: cannot write the output there ({folder_problem(folder, exc)}).") from None
     os.close(fd)
     os.unlink(probe)
 

@@ -46,16 +46,6 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def folder_problem(folder: Path, exc: OSError) -> str:
-    """Why ``exc`` stopped a file being made in ``folder`` (or the folder being made), in words
-    for a message: a file where a folder should be, else the system's reason."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.exists() and not folder.is_dir():
-        return f"{folder} is a file, not a folder"
-    return exc.strerror or str(exc)
-
-
 def _missing_folders(folder: Path) -> list[Path]:
     """``folder`` and those of its parents that do not exist yet, deepest first."""
     missing = []
@@ -63,6 +53,21 @@ def _missing_folders(folder: Path) -> list[Path]:
         missing.append(folder)
         folder = folder.parent
     return missing
+
+
+def existing_ancestor(folder: Path) -> Path:
+    """``folder``, or the nearest of its parents that exists (a file, where one is in the way)."""
+    missing = _missing_folders(folder)
+    return missing[-1].parent if missing else folder
+
+
+def folder_problem(folder: Path, exc: OSError) -> str:
+    """Why ``exc`` stopped a file being made in ``folder`` (or the folder being made), in words
+    for a message: a file where a folder should be, else the system's reason."""
+    folder = existing_ancestor(folder)
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    return exc.strerror or str(exc)
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -330,7 +330,7 @@ class RadonOperator(Operator):
     def from_config(
         cls, params: dict[str, Any], *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> "RadonOperator":
-        check_geometry(params)
+        check_params("radon", params, PARAMS, ("image_shape", "angles_deg"))  # the constructor checks the values
         return cls(
             image_shape=params["image_shape"],
             angles_deg=params["angles_deg"],
@@ -365,8 +365,8 @@ class RadonOperator(Operator):
 
 
 def check_geometry(params: dict[str, Any]) -> None:
-    """The checks of :meth:`RadonOperator.from_config` that need no projector: the keys, the
-    image shape, the angles, the detector count and spacing and the pixel size, each bad value
+    """The checks of :meth:`RadonOperator.from_config` and the constructor that need no
+    projector: the keys, the image shape, the angles, the detector count and spacing and the pixel size, each bad value
     one sentence. Cheap, so a reader can call it before comparing a file's data or the command
     line with the geometry (an empty angle list or image is then named as such, not as a shape
     mismatch)."""

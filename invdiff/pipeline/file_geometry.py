@@ -89,7 +89,8 @@ def _angles_text(angles: np.ndarray) -> str:
 def _radon_options(path: Path, params: dict[str, Any], g: GeometryOptions) -> None:
     from invdiff.operators.radon import default_detectors
 
-    check_radon_geometry(path, params)  # --operator-params may have changed the file's description
+    if g.operator_params:  # read_measurement checked the file's own description
+        check_radon_geometry(path, params)
     if g.views is not None and g.angles is not None:
         raise InputError("give either --views or --angles, not both.")
     angles = np.asarray(params["angles_deg"], dtype=np.float64)
