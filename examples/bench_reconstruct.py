@@ -31,7 +31,9 @@ operator (ct128 for CT, microscopy128 for blur, brain128 for MRI); without --pri
 set, the std scale of ``invdiff calibrate`` (conformal risk control at ``--alpha``,
 invdiff/pipeline/calibration.py) on N slices of that set that are not among the scored ones,
 each simulated with its own seed (1 + i; for MRI its own random mask, as the shipped files are),
-and reports the 2-std coverage of the scaled std on the scored slices. ``--shipped-calibration``
+and reports the 2-std coverage of the scaled std on the scored slices (for ``ct`` the 8-slice
+held-out block leaves 2 unscored slices, so its calibration slices include the 6 guard-band
+slices beside the block: ``calibration_pool``). ``--shipped-calibration``
 reports it with the scale shipped with the prior (``<prior>/calibration/*.json``, what
 ``invdiff reconstruct --calibration auto`` applies; ``-`` where none fits the row).
 """
@@ -127,6 +129,24 @@ def pick(images: np.ndarray, n: int) -> np.ndarray:
     return images[pick_indices(len(images), n)]
 
 
+def calibration_pool(name: str, size: int) -> np.ndarray:
+    """The slices a calibration on set ``name`` may draw from: the set itself, whose first
+    ``len(load_set(name, size))`` entries are the benchmark's (so its scored indices apply), and
+    for ``ct`` also the 6 guard-band slices of Cranium.inv3 (never trained on, never scored;
+    prepare_ct.py), in the held-out slices' units: 8 held-out slices leave only 2 unscored."""
+    pool = load_set(name, size)
+    if name != "ct":
+        return pool
+    from fetch_data import cache_dir
+
+    try:
+        mu_held = np.load(cache_dir() / "ct" / f"heldout_{size}_mu.npy")
+        mu_guard = np.load(cache_dir() / "ct" / f"guard_{size}_mu.npy")
+    except FileNotFoundError as exc:
+        raise SystemExit(f"bench_reconstruct: {exc.filename} is missing; run python examples/prepare_ct.py first.") from None
+    return np.concatenate([pool, (mu_guard / mu_held.max()).astype(np.float32)])
+
+
 def calibration_slices(images: np.ndarray, n: int, exclude) -> np.ndarray:
     """``n`` slices spread over ``images`` that are not among the indices ``exclude``."""
     rest = np.setdiff1d(np.arange(len(images)), np.asarray(exclude, dtype=int))
@@ -203,7 +223,7 @@ def main() -> None:
     scored = pick_indices(len(pool), args.slices)
     images = pool[scored]
     cal_sets = (args.calibration_set or args.set).split(",") if args.calibrate else []
-    cal_images = {name: calibration_slices(load_set(name, args.size), args.calibrate,
+    cal_images = {name: calibration_slices(calibration_pool(name, args.size), args.calibrate,
                                            scored if name == args.set else [])
                   for name in cal_sets}
     device = torch.device(args.device)

@@ -7,16 +7,18 @@
     python examples/calibrate_priors.py --prior brain128 --settings mri8x,ct30 --solvers pc,dps,langevin --device cuda
     python examples/calibrate_priors.py --prior brain128 --settings mri8x --solvers langevin --bf16   # one process per setting
     python examples/calibrate_priors.py --prior microscopy128   # blur and blur-bead (the measured bead PSF)
+    python examples/prepare_ct.py && python examples/calibrate_priors.py --prior ct128   # 8 slices, alpha 0.15
 
 For each setting of the benchmark protocol (examples/bench_reconstruct.py) this runs what a
 user would: ``invdiff simulate`` on calibration slices with known truth, ``invdiff reconstruct``
 with the prior and the default solver (K = 4; or each of ``--solvers`` at its own defaults),
-and ``invdiff calibrate --alpha 0.1``. Each calibration slice is its own measurement, with its
+and ``invdiff calibrate --alpha 0.1`` (ct128: 0.15, see ``PRIORS``). Each calibration slice is its own measurement, with its
 own seed (1 + i): for MRI its own random mask, so that the scale holds for the setting's masks,
 not for one draw, and the file records their mean sampled fraction. The default solver's file is ``<setting>.json``, another
 solver's ``<setting>.<solver>.json``. The
 calibration slices are held-out slices the benchmark does NOT score: ``--slices`` of them spread
-over the rest of the set (bench_reconstruct.py --calibrate uses the same ones). ``invdiff
+over the rest of the set (bench_reconstruct.py --calibrate uses the same ones; for the head CT
+also the guard band beside its held-out block). ``invdiff
 reconstruct --calibration auto`` (its default) then applies the file whose pipeline and
 operator settings fit a run (invdiff/pipeline/calibration.py). ``--bf16`` runs the network in
 bfloat16 (``invdiff reconstruct --bf16``: 2.5-2.9x faster on a CPU with AMX, PSNR within 0.02 dB
@@ -37,7 +39,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_reconstruct import BEAD, calibration_slices, geometry_for, load_set, pick_indices  # noqa: E402
+from bench_reconstruct import (BEAD, UNITS, calibration_pool, calibration_slices, geometry_for,  # noqa: E402
+                               load_set, pick_indices)
 
 from invdiff.cli import app  # noqa: E402
 from invdiff.cli.common import run_app  # noqa: E402
@@ -55,6 +58,11 @@ SIMULATE = {
     "ct30-std0p7": ["--operator", "radon", "--views", "30", "--noise-std", "0.7"],
     "ct60-std0p5": ["--operator", "radon", "--views", "60", "--noise-std", "0.5"],
     "ct60-std0p7": ["--operator", "radon", "--views", "60", "--noise-std", "0.7"],
+    "ct30-std0p3": ["--operator", "radon", "--views", "30", "--noise-std", "0.3"],
+    "ct60-std0p3": ["--operator", "radon", "--views", "60", "--noise-std", "0.3"],
+    # transmission CT (image value 1 = MU_WATER 1/mm, 2 mm pixels; bench_reconstruct.UNITS)
+    "ct30-lowdose": ["--operator", "radon", "--views", "30", "--pixel-size", "2.0", "--photons", "1e4"],
+    "ct60-lowdose": ["--operator", "radon", "--views", "60", "--pixel-size", "2.0", "--photons", "1e4"],
     "mri4x": ["--operator", "mri", "--acceleration", "4", "--center-fraction", "0.08", "--noise-std", "0.005"],
     "mri8x": ["--operator", "mri", "--acceleration", "8", "--center-fraction", "0.04", "--noise-std", "0.005"],
     "blur": ["--operator", "blur", "--psf", "gaussian:2", "--noise-std", "0.01"],
@@ -62,11 +70,19 @@ SIMULATE = {
 }
 #: how a calibration file's ``sources`` name the bead PSF (its cache path differs per machine)
 BEAD_FILE = "CACHE/bead/data.tif (flowdec's bead stack, python examples/fetch_data.py bead)"
-#: prior -> (image set of bench_reconstruct.py, settings)
-#: (the protocol's settings first: examples/gpu_session.sh fits them under a time limit)
+#: prior -> (image set of bench_reconstruct.py, settings, calibration slices, alpha)
+#: (the protocol's settings first: examples/gpu_session.sh fits them under a time limit).
+#: The head-CT set has 8 slices the benchmark does not score (2 held-out, 6 guard band:
+#: bench_reconstruct.calibration_pool); conformal risk control needs more than 1/alpha - 1
+#: slices to leave any miscoverage, so ct128 is fitted at alpha = 0.15: on 8 slices that holds
+#: the calibration slices' miscoverage to (0.15 * 9 - 1) / 8 = 4.4 %, as alpha = 0.1 does on
+#: 19 slices (5.3 %), with the guarantee (expected coverage of a new slice) at 85 %. Its
+#: std-0.3 files cover smaller sections: 1 % noise is a std of 0.45 on the Cranium block but
+#: 0.29 on the other patient's skull base (a calibration applies within 20 % of its noise std).
 PRIORS = {"brain128": ("heldout", ["ct30", "ct60", "mri4x", "mri8x", "blur",
-                                   "ct30-std0p5", "ct30-std0p7", "ct60-std0p5", "ct60-std0p7"]),
-          "microscopy128": ("microscopy", ["blur", "blur-bead"])}
+                                   "ct30-std0p5", "ct30-std0p7", "ct60-std0p5", "ct60-std0p7"], 19, 0.1),
+          "ct128": ("ct", ["ct30", "ct60", "ct30-lowdose", "ct60-lowdose", "ct30-std0p3", "ct60-std0p3"], 8, 0.15),
+          "microscopy128": ("microscopy", ["blur", "blur-bead"], 19, 0.1)}
 SCORED = 6  # the benchmark scores 6 slices of each set (bench_reconstruct.py --slices 6)
 
 
@@ -86,8 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prior", default="brain128", choices=sorted(PRIORS))
     parser.add_argument("--settings", default=None, help="comma list (default: every setting of the prior)")
-    parser.add_argument("--slices", type=int, default=19)
-    parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--slices", type=int, default=None, help="calibration slices (default: 19; ct128: 8)")
+    parser.add_argument("--alpha", type=float, default=None, help="target miscoverage (default: 0.1; ct128: 0.15)")
     parser.add_argument("--solvers", default="default", help="comma list: 'default' (no --solver) and solver names")
     parser.add_argument("--device", default="cpu", help="where the reconstructions run (cpu or cuda)")
     parser.add_argument("--bf16", action="store_true", help="run the network in bfloat16 (invdiff reconstruct --bf16)")
@@ -98,11 +114,13 @@ def main() -> None:
                         help="keep the truths, measurements and reconstructions in this folder "
                              "(default: a temporary folder, deleted at the end)")
     args = parser.parse_args()
-    image_set, settings = PRIORS[args.prior]
+    image_set, settings, slices, alpha = PRIORS[args.prior]
+    args.slices = args.slices or slices
+    args.alpha = args.alpha or alpha
     settings = args.settings.split(",") if args.settings else settings
     prior = args.prior_dir or REPO / "data" / "priors" / args.prior
-    pool = load_set(image_set, 128)
-    truth = calibration_slices(pool, args.slices, pick_indices(len(pool), SCORED))
+    scored = pick_indices(len(load_set(image_set, 128)), SCORED)
+    truth = calibration_slices(calibration_pool(image_set, 128), args.slices, scored)
     out_dir = prior / "calibration"
     out_dir.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
@@ -110,6 +128,8 @@ def main() -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(truth):  # one file per slice: each its own mask and noise
             np.save(tmp / f"truth_{i:02d}.npy", image[None])
+            for key in {key for key in settings if key in UNITS}:  # transmission CT: in 1/mm
+                np.save(tmp / f"truth_{key}_{i:02d}.npy", image[None] * UNITS[key])
         for key, solver in [(key, solver) for key in settings for solver in args.solvers.split(",")]:
             name = key if solver == "default" else f"{key}.{solver}"
             meas, results, out = tmp / key, tmp / f"{name}_recon", out_dir / f"{name}.json"
@@ -117,14 +137,16 @@ def main() -> None:
                 meas.mkdir()
                 options = simulate_options(key)
                 for i in range(len(truth)):
-                    invdiff("simulate", tmp / f"truth_{i:02d}.npy", *options, "--seed", 1 + i,
+                    truth_file = tmp / (f"truth_{key}_{i:02d}.npy" if key in UNITS else f"truth_{i:02d}.npy")
+                    invdiff("simulate", truth_file, *options, "--seed", 1 + i,
                             "--out", meas / f"slice_{i:02d}.h5", "-q")
             chosen = ([] if solver == "default" else ["--solver", solver]) + (["--bf16"] if args.bf16 else [])
             invdiff("reconstruct", meas, "--prior", prior, *chosen, "--samples", "4", "--calibration", "none",
                     "--device", args.device, "--out-dir", results, "-q")
             invdiff("calibrate", results, "--alpha", args.alpha, "--out", out, "-q")
             cal = json.loads(out.read_text())
-            cal["sources"] = [f"{args.slices} held-out slices of the {image_set} set not scored by the benchmark, "
+            unscored = "held-out and guard-band" if image_set == "ct" else "held-out"
+            cal["sources"] = [f"{args.slices} {unscored} slices of the {image_set} set not scored by the benchmark, "
                               f"each simulated with: invdiff simulate {' '.join(SIMULATE[key]).replace(BEAD, BEAD_FILE)} "
                               f"--seed 1+i (slice i: "
                               f"its own mask and noise); reconstructed with: invdiff reconstruct "

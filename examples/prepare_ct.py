@@ -15,8 +15,8 @@ against DICOM orientation tags (the .inv3 has none).
 
 Split (BENCHMARKS.md refers to it): the held-out block is the 8 contiguous axial slices
 ``HELD_START .. HELD_START + 7`` (mid-cerebrum, above the orbits, below the vertex), with a guard
-band of ``GUARD`` slices on each side that is in neither set. Every other slice is training
-data. The same slices are written at 256 (native) and 128 (anti-aliased resize, pixel 1.914 mm).
+band of ``GUARD`` slices on each side that is never trained on and never scored (it is written
+for calibration). Every other slice is training data. The same slices are written at 256 (native) and 128 (anti-aliased resize, pixel 1.914 mm).
 
 Another patient (since 2026-12-07, never trained on): the one axial head-CT slice in the ami.js
 npm package (``ami_ct``: GE, 120 kV, 5 mm, 0.43 mm pixels, at the skull base with orbits and
@@ -29,6 +29,10 @@ Writes under ``$INVDIFF_CACHE`` (default ~/.cache/invdiff):
   ct/{train,heldout}_{256,128}_mu.npy
       the same slices as relative linear attenuation mu / mu_water = 1 + HU / 1000 (>= 0): what
       the CT prior data/priors/ct128 is trained on
+  ct/guard_{256,128}.npy, ct/guard_{256,128}_mu.npy   the guard band's 6 slices, the same units:
+      never trained on, never scored; with the 2 held-out slices the benchmark does not score
+      they are the 8 slices the shipped calibration of data/priors/ct128 is fitted on
+      (examples/calibrate_priors.py --prior ct128)
   ct/other_{256,128}.npy, ct/other_{256,128}_mu.npy   the other patient's slice, the same units
   ct/cranium.json   spacing (mm) per size, slice indices of each split, source and checksum
 """
@@ -141,7 +145,7 @@ def main() -> None:
     print(f"Cranium.inv3 {volume.shape} HU [{volume.min():.0f}, {volume.max():.0f}], spacing {spacing} mm")
     for size in SIZES:
         pixel_mm = spacing[0] * volume.shape[2] / size
-        for name, index in (("train", train), ("heldout", held)):
+        for name, index in (("train", train), ("heldout", held), ("guard", guard)):
             slices = resample(volume[index], size)
             save_npy(out / f"{name}_{size}.npy", slices)
             save_npy(out / f"{name}_{size}_mu.npy", relative_attenuation(slices))

@@ -215,14 +215,20 @@ def test_other_operator_settings_warn_but_run(fitted, tmp_path, capsys):
         assert json.loads(f.attrs["invdiff_provenance"])["calibration"]["operator_settings_differ"] == ["views"]
 
 
-def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path):
+def prior_shipping(prior, calibration, tmp_path):
+    """A copy of ``prior`` that ships ``calibration`` as calibration/ct12.json."""
     import shutil
 
-    root, prior, meas, result, out = fitted
     shipped = tmp_path / "prior"
     shutil.copytree(prior, shipped)
     (shipped / "calibration").mkdir()
-    shutil.copy(out, shipped / "calibration" / "ct12.json")
+    shutil.copy(calibration, shipped / "calibration" / "ct12.json")
+    return shipped
+
+
+def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path):
+    root, prior, meas, result, out = fitted
+    shipped = prior_shipping(prior, out, tmp_path)
     scale = json.loads(out.read_text())["scale"]
     with h5py.File(result) as f:
         std = f["std"][()]
@@ -239,20 +245,33 @@ def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path)
     assert prov["prior"]["path"] == str(shipped)
     std_none, prov = run(meas, "--calibration", "none")
     assert np.allclose(std_none, std) and "calibration" not in prov
-    _, prov = run(meas, "--samples", "3")  # another K: no shipped calibration fits
-    assert "calibration" not in prov
+    _, prov = run(meas, "--samples", "3")  # another K: no shipped calibration fits, none was fitted for it
+    assert "calibration" not in prov and "calibration_none_fits" not in prov
     other = tmp_path / "ct24.h5"
     assert invdiff("simulate", root / "refs.npy", "--operator", "radon", "--views", "24", "--noise-rel", "0.02", "--out", other, "-q") == 0
-    _, prov = run(other)  # other views: none fits either
+    _, prov = run(other)  # other views: none fits either, and the provenance names the nearest
     assert "calibration" not in prov
+    assert prov["calibration_none_fits"] == {"nearest": str(shipped / "calibration" / "ct12.json"),
+                                             "operator_settings_differ": ["views"]}
+
+
+def test_a_run_that_no_shipped_calibration_fits_says_so(fitted, tmp_path, capsys):
+    root, prior, meas, result, out = fitted
+    shipped = prior_shipping(prior, out, tmp_path)
+    other = tmp_path / "ct24.h5"
+    assert invdiff("simulate", root / "refs.npy", "--operator", "radon", "--views", "24", "--noise-rel", "0.02", "--out", other, "-q") == 0
+    capsys.readouterr()
+    assert invdiff("reconstruct", other, "--prior", shipped, *RECON[:-1], "--out", tmp_path / "r.h5") == 0
+    err = capsys.readouterr().err
+    assert "no calibration shipped with the prior fits this run" in err and "ct12.json" in err and "views" in err
+    assert invdiff("reconstruct", meas, "--prior", shipped, *RECON[:-1], "--out", tmp_path / "fits.h5") == 0
+    assert "calibration" not in capsys.readouterr().err  # the one that fits applies without a word
 
 
 def test_other_solver_settings_are_refused_or_not_applied(fitted, tmp_path, capsys):
     """A scale fitted at 2 steps is not the scale of 3 steps or of another option: an explicit
     file is refused, a shipped one is not applied; a file that predates solver_settings is
     still taken (nothing to compare)."""
-    import shutil
-
     root, prior, meas, result, out = fitted
     base = ["--solver", "dds", "--samples", "2", "--device", "cpu", "-q"]
     r = tmp_path / "r.h5"
@@ -260,10 +279,7 @@ def test_other_solver_settings_are_refused_or_not_applied(fitted, tmp_path, caps
                                   "--out", r], "--steps 2", "3")
     expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *base, "--steps", "2", "--option", "eta=0",
                                   "--calibration", out, "--out", r], "eta=0.85", "eta=0")
-    shipped = tmp_path / "prior"
-    shutil.copytree(prior, shipped)
-    (shipped / "calibration").mkdir()
-    shutil.copy(out, shipped / "calibration" / "ct12.json")
+    shipped = prior_shipping(prior, out, tmp_path)
     for extra, applied in ([["--steps", "2"], True], [["--steps", "3"], False], [["--steps", "2", "--option", "eta=0"], False]):
         dst = tmp_path / f"auto{len(extra)}{extra[1]}.h5"
         assert invdiff("reconstruct", meas, "--prior", shipped, *base, *extra, "--out", dst) == 0

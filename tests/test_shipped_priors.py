@@ -66,10 +66,12 @@ def test_shipped_calibrations_fit_their_prior(name, file):
     """Each shipped calibration (examples/calibrate_priors.py) names the shipped weights, K = 4
     and the solver its file name says (``<setting>.json``: the default solver of its operator;
     ``<setting>.<solver>.json``: that solver) at that solver's current defaults for its
-    operator, so `--calibration auto` can apply it; a retrained prior, or a solver whose
+    operator with this prior (its config.json's ``solver_defaults`` included), so
+    `--calibration auto` can apply it; a retrained prior, or a solver whose
     defaults changed, without new calibrations fails here."""
     from invdiff.pipeline.calibration import min_images, read_calibration, solver_settings_differ
     from invdiff.pipeline.defaults import default_solver_for
+    from invdiff.pipeline.reconstruct import Settings, with_prior_defaults
     from invdiff.solvers.base import resolved_settings
 
     cal = read_calibration(PRIORS_DIR / name / "calibration" / file)
@@ -78,7 +80,8 @@ def test_shipped_calibrations_fit_their_prior(name, file):
     assert cal.solver == solver and cal.samples == 4 and cal.std_window == 1
     assert cal.images >= min_images(cal.alpha) and 0 < cal.scale < 10 and cal.z == 2.0
     assert cal.risk_calibrated <= (cal.alpha * (cal.images + 1) - 1) / cal.images + 1e-12
-    defaults = resolved_settings(solver, cal.operator, None, None, {})
+    mine, _ = with_prior_defaults(Settings(solver=solver), load_prior(PRIORS_DIR / name), cal.operator)
+    defaults = resolved_settings(solver, cal.operator, mine.steps, mine.guidance, mine.options)  # ct128: guidance 1
     assert cal.solver_settings is not None and set(cal.solver_settings["options"]) == set(defaults["options"])
     assert solver_settings_differ(cal.solver_settings, defaults) == []
 

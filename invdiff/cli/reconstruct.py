@@ -285,11 +285,19 @@ def reconstruct(
             if differ and not quiet:
                 print(f"invdiff: warning: {src}: the calibration was fitted at other operator settings ({', '.join(differ)}); "
                       "its coverage guarantee is for those.", file=sys.stderr)
+            unfitting = result.info.get("calibration_none_fits")
+            if unfitting and not quiet:
+                print(f"invdiff: warning: {src}: no calibration shipped with the prior fits this run (the nearest, "
+                      f"{Path(unfitting['nearest']).name}, was fitted at other {', '.join(unfitting['operator_settings_differ'])}); "
+                      "the std is the plain sample std, which covers less than it claims (fit a scale for your "
+                      "setting with `invdiff calibrate`).", file=sys.stderr)
             record = provenance(m, result.info, seed=seed, device=str(dev), prior=the_prior)
             record["wall_seconds"] = time.perf_counter() - start
             this_png = png if png_dir is None else png_dir / f"{src.stem}.png"
             this_dicom = dicom if dicom_root is None else dicom_root / src.stem
             write_outputs(m, result.reconstruction, result.std, result.samples, record, out=dst, dicom_dir=this_dicom, png=this_png)
+            if record.get("dicom_source_left_out") and not quiet:
+                warn_left_out(src, this_dicom, record["dicom_source_left_out"])
             summary.append({"input": str(src), "out": str(dst), **{k: result.info[k] for k in ("seconds",) if k in result.info}})
             if not quiet and not json_out:
                 cal = result.info.get("calibration")
@@ -306,3 +314,12 @@ def reconstruct(
     if failures:
         done = "nothing was written (--dry-run)" if dry_run else "the others were written"
         raise InputError(f"{len(failures)} of {len(files)} input(s) failed and were skipped; {done}.")
+
+
+def warn_left_out(src: Path, dicom_dir: Path, dropped: dict[str, str]) -> None:
+    """Say which of the DICOM source's attributes the series left out (invdiff.io.dicom_meta.left_out)."""
+    one = len(dropped) == 1
+    why = "; ".join(f"{keyword} {reason}" for keyword, reason in dropped.items())
+    print(f"invdiff: warning: {src}: the DICOM source's {', '.join(dropped)} {'is' if one else 'are'} not valid "
+          f"DICOM ({why}); the series in {dicom_dir} leaves {'it' if one else 'them'} out (a UID gets a new one "
+          "of its own).", file=sys.stderr)

@@ -8,9 +8,14 @@ the source when the grid is the same) and with the source's acquisition paramete
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pydicom
+from pydicom import config
+from pydicom.datadict import dictionary_VR
+from pydicom.valuerep import validate_value
 
 CARRIED = (
     "PatientName",
@@ -74,11 +79,62 @@ def meta_to_json(ds: pydicom.Dataset) -> dict[str, Any]:
 
 
 def meta_from_json(values: dict[str, Any] | None) -> pydicom.Dataset | None:
-    """A pydicom Dataset holding the carried attributes (None when there is no source)."""
+    """A pydicom Dataset holding the carried attributes (None when there is no source), less
+    those `left_out` names: a derived series must be valid DICOM whatever its source was."""
     if not values:
         return None
+    dropped = left_out(values)
     ds = pydicom.Dataset()
     for keyword, value in values.items():
-        if keyword in CARRIED:
+        if keyword in CARRIED and keyword not in dropped:
             setattr(ds, keyword, value)
     return ds
+
+
+def left_out(values: dict[str, Any] | None) -> dict[str, str]:
+    """Carried attributes of a source that a valid derived series cannot repeat, keyword ->
+    why: a text value its Value Representation does not allow (DICOM PS3.5 §6.2; e.g. a
+    PatientBirthDate "X", which is no DA), a number that is not finite, and a UID whose root
+    is not 1 or 2 (PS3.5 §9; test data such as "0.0.0.0.2..." pass the UID syntax but
+    `dciodvfy` rejects their root). The series then leaves such an attribute out, or, for
+    StudyInstanceUID and FrameOfReferenceUID, gets a new UID of its own (a new study; a new
+    Frame of Reference)."""
+    out: dict[str, str] = {}
+    for keyword, value in (values or {}).items():
+        if keyword not in CARRIED:
+            continue
+        why = _problem(dictionary_VR(keyword), value)
+        if why:
+            out[keyword] = f"{value!r} {why}"
+    return out
+
+
+def _problem(vr: str, value: Any) -> str | None:
+    """Why ``value`` (as `meta_to_json` keeps it) cannot be written with ``vr``, or None."""
+    items = value if isinstance(value, list) else [value]
+    if vr == "UI":
+        text = str(value)
+        if not _UID.fullmatch(text) or len(text) > 64:
+            return "is not a valid UID"
+        if text.split(".")[0] not in ("1", "2"):
+            return "has a root other than 1 or 2"
+        return None
+    if vr in _TEXT_VRS:
+        for item in items:
+            if not isinstance(item, str):
+                return f"is not a valid {vr}"
+            try:
+                validate_value(vr, item, config.RAISE)
+            except (ValueError, TypeError):
+                return f"is not a valid {vr}"
+        return None
+    for item in items:  # DS, IS, US, FD...: numbers, which pydicom formats on writing
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            return f"is not a valid {vr}"
+    return None
+
+
+#: Value Representations whose values the JSON holds as text and pydicom validates as text
+_TEXT_VRS = ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")
+#: UID syntax (PS3.5 §9.1): components of digits without leading zeros, joined by dots
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

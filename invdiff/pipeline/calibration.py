@@ -335,6 +335,26 @@ def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operat
     return cal, path
 
 
+def nearest_unfitting(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any]
+                      ) -> tuple[Path, list[str]] | None:
+    """When no shipped calibration fits a run (`shipped_calibration` gave None): the one fitted
+    on this run's pipeline that is nearest in operator settings, and the settings in which it
+    differs by more than their TOLERANCE; None when none was fitted on this pipeline."""
+    if prior_dir is None:
+        return None
+    near = []
+    for cal, path in _shipped(str(prior_dir)):
+        try:
+            check_fits(cal, pipeline, str(path))
+        except InputError:
+            continue
+        near.append((settings_distance(cal, operator), len(near), path, settings_differ(cal, operator)))
+    if not near:
+        return None
+    _, _, path, differ = min(near)
+    return path, differ
+
+
 def read_calibration(path: Path) -> Calibration:
     """Parse a calibration file (plain JSON; InputError for anything else)."""
     path = Path(path)

@@ -61,7 +61,9 @@ def write_outputs(
     leaves none of this run's outputs: the temporaries are removed, and so is a DICOM series
     written before a failing rename (see `_remove_series`). A fastMRI input's results are the
     centre of the image at its targets' size (``fastmri_crop``, invdiff/io/fastmri.py), as a
-    fastMRI submission is; the provenance records the crop."""
+    fastMRI submission is; the provenance records the crop. A DICOM source's carried attributes
+    that are not valid DICOM are left out of the series (invdiff.io.dicom_meta.left_out); the
+    provenance names them (``dicom_source_left_out``: keyword -> why)."""
     from invdiff.io.atomic import atomic_paths
 
     crop = m.attrs.get("fastmri_crop")
@@ -73,6 +75,12 @@ def write_outputs(
         std = None if std is None else center_crop(std, shape)
         samples = None if samples is None else center_crop(samples, shape)
         record["fastmri_crop"] = list(shape)
+    if dicom_dir is not None:
+        from invdiff.io.dicom_meta import left_out
+
+        dropped = left_out(m.attrs.get("source_dicom"))
+        if dropped:
+            record["dicom_source_left_out"] = dropped
     dicom_existed = dicom_dir is not None and dicom_dir.exists()
     written: list[Path] = []
     try:

@@ -303,10 +303,13 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     settings = resolved_settings(s.solver, operator_name(op0), s.steps, s.guidance, s.options)
     pipeline = calib.pipeline(s.solver, s.samples, s.std_window, m.operator["name"], getattr(prior, "checksum", None),
                               settings)
-    calibration = None
+    calibration, unfitting = None, None
     if s.calibration == "auto":  # a calibration shipped with the prior, if one fits this run
         found = calib.shipped_calibration(getattr(prior, "path", None), pipeline, m.operator)
         s = replace(s, calibration=found[0] if found else None, calibration_path=found[1] if found else None)
+        if not found:  # say so where the prior ships one for this pipeline at other settings
+            near = calib.nearest_unfitting(getattr(prior, "path", None), pipeline, m.operator)
+            unfitting = {"nearest": str(near[0]), "operator_settings_differ": near[1]} if near else None
     if s.calibration is not None:
         calib.check_fits(s.calibration, pipeline, source)
         calibration = calib.record(s.calibration, s.calibration_path, calib.settings_differ(s.calibration, m.operator))
@@ -367,6 +370,7 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
         "std_window": s.std_window,
         "operator_settings": operator_summary,
         **({"calibration": calibration} if calibration else {}),
+        **({"calibration_none_fits": unfitting} if unfitting else {}),
         "image_scale": scale,
         "image_offset": units.offset,
         "image_units": units.description,

