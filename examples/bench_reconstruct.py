@@ -306,7 +306,8 @@ def main() -> None:
             if args.shipped_calibration:  # what `invdiff reconstruct --calibration auto` would apply
                 prior = prior_for(op_name)
                 ran = {k: res.info[k] for k in ("steps", "guidance", "options")}  # a file fitted at other steps does not apply
-                found = shipped_calibration(prior.path, pipeline(name, args.samples, 1, op_name, prior.checksum, ran), m.operator)
+                found = shipped_calibration(prior.path, pipeline(name, args.samples, 1, op_name, prior.checksum, ran),
+                                            m.operator, res.info["image_scale"])
                 if found:
                     scales["shipped"] = found[0].scale
             mean = magnitude(res.reconstruction) / unit

@@ -255,6 +255,24 @@ def test_auto_applies_a_shipped_calibration_only_where_it_fits(fitted, tmp_path)
                                              "operator_settings_differ": ["views"]}
 
 
+def test_a_shipped_calibration_applies_to_the_same_scan_in_other_units(fitted, tmp_path):
+    """Reference images x1000 at the same relative noise: the noise std and the image scale
+    both grow 1000-fold, the shipped calibration still applies; at 3x the relative noise it does not."""
+    root, prior, meas, result, out = fitted
+    shipped = prior_shipping(prior, out, tmp_path)
+    np.save(tmp_path / "refs_hu.npy", np.load(root / "refs.npy") * 1000.0)
+    for noise, applies in (("0.02", True), ("0.06", False)):
+        sino = tmp_path / f"hu{noise}.h5"
+        assert invdiff("simulate", tmp_path / "refs_hu.npy", "--operator", "radon", "--views", "12", "--noise-rel", noise,
+                       "--out", sino, "-q") == 0
+        assert invdiff("reconstruct", sino, "--prior", shipped, *RECON, "--out", tmp_path / f"r{noise}.h5") == 0
+        with h5py.File(tmp_path / f"r{noise}.h5") as f:
+            prov = json.loads(f.attrs["invdiff_provenance"])
+        assert ("calibration" in prov) == applies
+        if not applies:
+            assert prov["calibration_none_fits"]["operator_settings_differ"] == [calib.NOISE_PER_SCALE]
+
+
 def test_a_run_that_no_shipped_calibration_fits_says_so(fitted, tmp_path, capsys):
     root, prior, meas, result, out = fitted
     shipped = prior_shipping(prior, out, tmp_path)
@@ -340,6 +358,30 @@ def test_random_masks_of_a_setting_get_its_calibration(tmp_path):
     assert chosen(lines(0.5)) is None and chosen(lines(0.05)) is None
     assert calib.mean_settings([{"views": 30, "noise": {"std": 1.0}}, {"views": 30, "noise": {"std": 2.0}}]) == {
         "views": 30, "noise": {"std": 1.5}}
+
+
+def test_noise_is_compared_in_units_of_the_image_scale():
+    """The same scan in other units (x1000: HU instead of relative attenuation) fits the same
+    calibration; another noise level relative to the image does not; a file without the ratio
+    (written before it existed) is compared by the plain std, as before."""
+    def ct(std):
+        return {"name": "radon", "params": {"image_shape": [1, 4, 4], "angles_deg": np.arange(30.0) * 6,
+                                            "noise": {"kind": "gaussian", "std": std}}}
+
+    fitted = calib.operator_settings(ct(0.5), image_scale=2.0)
+    assert fitted == {"noise": {"kind": "gaussian", "std": 0.5}, calib.NOISE_PER_SCALE: 0.25, "views": 30}
+    cal = calib.Calibration(scale=2.0, alpha=0.1, z=2.0, images=10, risk_calibrated=0.05, risk_uncalibrated=0.3,
+                            solver="diffpir", samples=4, std_window=1, operator="radon", operator_settings=fitted)
+    assert calib.settings_differ(cal, ct(500.0), image_scale=2000.0) == []
+    assert calib.settings_distance(cal, ct(500.0), image_scale=2000.0) == 0.0
+    assert calib.settings_differ(cal, ct(500.0), image_scale=1500.0) == []  # within 50 %: the noise matters little
+    assert calib.settings_differ(cal, ct(500.0), image_scale=500.0) == [calib.NOISE_PER_SCALE]
+    assert calib.settings_differ(cal, ct(0.5)) == []  # a run that gives no scale: the std in its units
+    assert calib.settings_differ(cal, ct(500.0)) == ["noise"]
+    older = calib.Calibration(**{**cal.__dict__, "operator_settings": calib.operator_settings(ct(0.5))})
+    assert calib.settings_differ(older, ct(500.0), image_scale=2000.0) == ["noise"]
+    poisson = {"name": "radon", "params": {"noise": {"kind": "poisson", "photons": 1e4}}}
+    assert calib.NOISE_PER_SCALE not in calib.operator_settings(poisson, image_scale=2.0)
 
 
 def test_solver_settings_difference_is_named():

@@ -25,8 +25,11 @@ A calibration file is JSON (no code), written by ``invdiff calibrate`` and read 
 count K, std window, operator or solver settings (steps, guidance, options: the same solver
 run with twice the steps has another spread), since the scale holds only for the pipeline it
 was fitted on. A prior directory may ship calibrations in ``calibration/*.json``;
-``--calibration auto`` (the default) applies the first whose pipeline and operator settings
-(within 20 %) match the run, and none otherwise.
+``--calibration auto`` (the default) applies the nearest whose pipeline and operator settings
+(within their TOLERANCE) match the run, and none otherwise. A Gaussian noise std is compared
+in units of the image scale the prior saw (``NOISE_PER_SCALE``, where both the run and the file
+give it), so a calibration fitted on images scaled to [0, 1] holds for the same scan in HU or in
+a scanner's k-space units.
 """
 
 from __future__ import annotations
@@ -136,12 +139,24 @@ def calibrate(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]], alpha: fl
 
 # --- the pipeline a result came from, and whether a calibration fits it ------------------
 
-def operator_settings(operator: dict[str, Any]) -> dict[str, Any]:
+#: the Gaussian noise std in units of the image scale the prior saw (``image_scale`` of a run)
+NOISE_PER_SCALE = "noise_std_per_image_scale"
+
+
+def operator_settings(operator: dict[str, Any], image_scale: float | None = None) -> dict[str, Any]:
     """The scalar parameters of an operator description, which name its setting; its arrays are
     summarised (the view count of the angles, the sampled fraction of an MRI mask, the coil
-    count of its maps, the width of a PSF)."""
+    count of its maps, the width of a PSF). With the run's ``image_scale`` (the scale by which
+    the solver divides the image for the prior, invdiff/pipeline/units.py), a Gaussian noise std
+    is also given in units of it (``NOISE_PER_SCALE``): the same scan in other units (HU,
+    1/mm, scanner units of k-space) has the same value, which `settings_differ` compares."""
     params = operator.get("params", {}) if isinstance(operator, dict) else {}
     out: dict[str, Any] = {}
+    noise = params.get("noise")
+    std = noise.get("std") if isinstance(noise, dict) and noise.get("kind") == "gaussian" else None
+    if (image_scale and math.isfinite(image_scale) and image_scale > 0 and isinstance(std, (int, float))
+            and not isinstance(std, bool)):
+        out[NOISE_PER_SCALE] = _significant(std / image_scale)
     for key, value in sorted(params.items()):
         if key == "noise" and isinstance(value, dict):
             out[key] = {k: v for k, v in value.items() if isinstance(v, (bool, int, float, str))}
@@ -177,9 +192,13 @@ def psf_width(psf: np.ndarray) -> float:
 #: 200 seeds. A calibration fitted over the masks of a setting (examples/calibrate_priors.py
 #: draws one per slice) so applies to 98 % or more of that setting's masks at 4x and to 89 % at
 #: 8x, whose masks of 10 lines or fewer fit no file and of 24 or more are nearer to 4x
-#: (tests/test_calibration.py).
+#: (tests/test_calibration.py). The noise std per image scale fits within 50 %: where the
+#: missing views or k-space lines, not the noise, make the error, the scale hardly depends on
+#: the noise (brain128's diffpir scale at 30 views: x2.03, 2.10, 2.09 at 0.48, 0.67, 0.96 of the
+#: image scale; at 60 views x2.20, 2.25, 2.26; ct128's x2.06 / 2.15 at 0.40 / 0.59; shipped
+#: files, BENCHMARKS.md), and among the files that fit, the nearest applies.
 SETTINGS_TOLERANCE = 0.2
-TOLERANCE = {"sampled_fraction": 0.35}
+TOLERANCE = {"sampled_fraction": 0.35, NOISE_PER_SCALE: 0.5}
 
 
 def _same(a: Any, b: Any, rel: float = SETTINGS_TOLERANCE) -> bool:
@@ -259,15 +278,30 @@ def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | 
     return out
 
 
-def settings_differ(cal: Calibration, operator: dict[str, Any]) -> list[str]:
+def _compared(now: dict[str, Any], fitted: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's and the calibration's settings as they are compared: where both give the noise
+    std in units of the image scale (``NOISE_PER_SCALE``), that stands for the noise std (the
+    noise kind still counts); otherwise the noise std itself, in the measurement's units."""
+    if NOISE_PER_SCALE in now and NOISE_PER_SCALE in fitted:
+        def no_std(d: dict[str, Any]) -> dict[str, Any]:
+            noise = d.get("noise")
+            return {**d, "noise": {k: v for k, v in noise.items() if k != "std"}} if isinstance(noise, dict) else d
+
+        return no_std(now), no_std(fitted)
+    return ({k: v for k, v in now.items() if k != NOISE_PER_SCALE},
+            {k: v for k, v in fitted.items() if k != NOISE_PER_SCALE})
+
+
+def settings_differ(cal: Calibration, operator: dict[str, Any], image_scale: float | None = None) -> list[str]:
     """Operator settings (views, sampled fraction, noise, ...) of this run that differ from the
-    calibration's by more than their TOLERANCE: allowed, but the guarantee is then for another setting."""
-    now = operator_settings(operator)
-    keys = sorted(set(now) | set(cal.operator_settings))
-    return [k for k in keys if not _same(now.get(k), cal.operator_settings.get(k), TOLERANCE.get(k, SETTINGS_TOLERANCE))]
+    calibration's by more than their TOLERANCE: allowed, but the guarantee is then for another
+    setting. ``image_scale``: the run's (`operator_settings`)."""
+    now, fitted = _compared(operator_settings(operator, image_scale), cal.operator_settings)
+    keys = sorted(set(now) | set(fitted))
+    return [k for k in keys if not _same(now.get(k), fitted.get(k), TOLERANCE.get(k, SETTINGS_TOLERANCE))]
 
 
-def settings_distance(cal: Calibration, operator: dict[str, Any]) -> float:
+def settings_distance(cal: Calibration, operator: dict[str, Any], image_scale: float | None = None) -> float:
     """The largest relative difference between this run's operator settings and a calibration's
     (0 when equal): among several calibrations that fit, the nearest applies."""
     def far(a: Any, b: Any) -> float:
@@ -279,7 +313,7 @@ def settings_distance(cal: Calibration, operator: dict[str, Any]) -> float:
             return abs(a - b) / top if top > 0 else 0.0
         return 0.0 if a == b else math.inf
 
-    return far(operator_settings(operator), cal.operator_settings)
+    return far(*_compared(operator_settings(operator, image_scale), cal.operator_settings))
 
 
 def mean_settings(settings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -292,10 +326,15 @@ def mean_settings(settings: list[dict[str, Any]]) -> dict[str, Any]:
             return {k: mean([v[k] for v in values]) for k in first}
         numbers = (int, float)
         if all(isinstance(v, numbers) and not isinstance(v, bool) for v in values) and not all(v == first for v in values):
-            return round(float(np.mean(values)), 6)
+            return _significant(float(np.mean(values)))
         return first
 
     return mean(settings) if settings else {}
+
+
+def _significant(x: float) -> float:
+    """``x`` to 7 significant digits (a JSON file need not carry float noise)."""
+    return float(f"{x:.7g}")
 
 
 def record(cal: Calibration, path: Path | None, differ: list[str]) -> dict[str, Any]:
@@ -314,11 +353,12 @@ def _shipped(prior_dir: str) -> tuple[tuple[Calibration, Path], ...]:
     return tuple((read_calibration(path), path) for path in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
 
 
-def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any]
-                        ) -> tuple[Calibration, Path] | None:
+def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any],
+                        image_scale: float | None = None) -> tuple[Calibration, Path] | None:
     """The ``calibration/*.json`` of a prior directory that fits this run (same pipeline,
     operator settings within their TOLERANCE), the nearest in operator settings when several
-    do (a 6x mask is within 35 % of both the 4x and the 8x file's sampled fraction), or None."""
+    do (a 6x mask is within 35 % of both the 4x and the 8x file's sampled fraction), or None.
+    ``image_scale``: the run's (`operator_settings`)."""
     if prior_dir is None:
         return None
     fitting = []
@@ -327,16 +367,16 @@ def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operat
             check_fits(cal, pipeline, str(path))
         except InputError:
             continue
-        if cal.prior_checksum is not None and not settings_differ(cal, operator):
-            fitting.append((settings_distance(cal, operator), len(fitting), cal, path))
+        if cal.prior_checksum is not None and not settings_differ(cal, operator, image_scale):
+            fitting.append((settings_distance(cal, operator, image_scale), len(fitting), cal, path))
     if not fitting:
         return None
     _, _, cal, path = min(fitting)
     return cal, path
 
 
-def nearest_unfitting(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any]
-                      ) -> tuple[Path, list[str]] | None:
+def nearest_unfitting(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any],
+                      image_scale: float | None = None) -> tuple[Path, list[str]] | None:
     """When no shipped calibration fits a run (`shipped_calibration` gave None): the one fitted
     on this run's pipeline that is nearest in operator settings, and the settings in which it
     differs by more than their TOLERANCE; None when none was fitted on this pipeline."""
@@ -348,7 +388,9 @@ def nearest_unfitting(prior_dir: Path | None, pipeline: dict[str, Any], operator
             check_fits(cal, pipeline, str(path))
         except InputError:
             continue
-        near.append((settings_distance(cal, operator), len(near), path, settings_differ(cal, operator)))
+        differ = settings_differ(cal, operator, image_scale)
+        if differ:  # (one that differs in nothing was passed over for lack of a prior checksum)
+            near.append((settings_distance(cal, operator, image_scale), len(near), path, differ))
     if not near:
         return None
     _, _, path, differ = min(near)

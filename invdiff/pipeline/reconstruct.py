@@ -299,22 +299,24 @@ def run_prior(m: Measurement, s: Settings, prior, device, progress=lambda n=1: N
     op0 = op_for(0)
     check_prior_fits(prior, op0, source)
     s, from_prior = with_prior_defaults(s, prior, operator_name(op0))
-    operator_summary = calib.operator_settings(m.operator)  # views, sampled fraction, noise: for calibrate
+    units = prior_units(prior, m, device)
+    scale = units.scale
+    # views, sampled fraction, noise (also per image scale): what calibrate records and matches
+    operator_summary = calib.operator_settings(m.operator, scale)
     settings = resolved_settings(s.solver, operator_name(op0), s.steps, s.guidance, s.options)
     pipeline = calib.pipeline(s.solver, s.samples, s.std_window, m.operator["name"], getattr(prior, "checksum", None),
                               settings)
     calibration, unfitting = None, None
     if s.calibration == "auto":  # a calibration shipped with the prior, if one fits this run
-        found = calib.shipped_calibration(getattr(prior, "path", None), pipeline, m.operator)
+        found = calib.shipped_calibration(getattr(prior, "path", None), pipeline, m.operator, scale)
         s = replace(s, calibration=found[0] if found else None, calibration_path=found[1] if found else None)
         if not found:  # say so where the prior ships one for this pipeline at other settings
-            near = calib.nearest_unfitting(getattr(prior, "path", None), pipeline, m.operator)
+            near = calib.nearest_unfitting(getattr(prior, "path", None), pipeline, m.operator, scale)
             unfitting = {"nearest": str(near[0]), "operator_settings_differ": near[1]} if near else None
     if s.calibration is not None:
         calib.check_fits(s.calibration, pipeline, source)
-        calibration = calib.record(s.calibration, s.calibration_path, calib.settings_differ(s.calibration, m.operator))
-    units = prior_units(prior, m, device)
-    scale = units.scale
+        differ = calib.settings_differ(s.calibration, m.operator, scale)
+        calibration = calib.record(s.calibration, s.calibration_path, differ)
     denoiser = ShiftedDenoiser(prior, units.shift) if units.shift != 0.0 else prior
     generator = torch.Generator().manual_seed(int(s.seed))
     means, stds, all_samples = [], [], []
