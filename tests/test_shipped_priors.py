@@ -78,7 +78,8 @@ def test_shipped_calibrations_fit_their_prior(name, file):
     assert cal.prior_checksum == load_prior(PRIORS_DIR / name).checksum
     solver = file.removesuffix(".json").partition(".")[2] or default_solver_for(cal.operator)
     assert cal.solver == solver and cal.samples == 4 and cal.std_window == 1
-    assert cal.images >= min_images(cal.alpha) and 0 < cal.scale < 10 and cal.z == 2.0
+    # (ddnm's samples at 30 views spread 27 times less than their errors: scale 26.9)
+    assert cal.images >= min_images(cal.alpha) and 0 < cal.scale < 50 and cal.z == 2.0
     assert cal.risk_calibrated <= (cal.alpha * (cal.images + 1) - 1) / cal.images + 1e-12
     mine, _ = with_prior_defaults(Settings(solver=solver), load_prior(PRIORS_DIR / name), cal.operator)
     defaults = resolved_settings(solver, cal.operator, mine.steps, mine.guidance, mine.options)  # ct128: guidance 1
