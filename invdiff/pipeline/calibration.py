@@ -353,20 +353,27 @@ def _shipped(prior_dir: str) -> tuple[tuple[Calibration, Path], ...]:
     return tuple((read_calibration(path), path) for path in sorted(folder.glob("*.json"))) if folder.is_dir() else ()
 
 
+def _shipped_for(prior_dir: Path | None, pipeline: dict[str, Any]) -> list[tuple[Calibration, Path]]:
+    """The calibrations a prior directory ships for this pipeline (`check_fits`), whatever their
+    operator settings."""
+    fitted = []
+    for cal, path in _shipped(str(prior_dir)) if prior_dir is not None else ():
+        try:
+            check_fits(cal, pipeline, str(path))
+        except InputError:
+            continue
+        fitted.append((cal, path))
+    return fitted
+
+
 def shipped_calibration(prior_dir: Path | None, pipeline: dict[str, Any], operator: dict[str, Any],
                         image_scale: float | None = None) -> tuple[Calibration, Path] | None:
     """The ``calibration/*.json`` of a prior directory that fits this run (same pipeline,
     operator settings within their TOLERANCE), the nearest in operator settings when several
     do (a 6x mask is within 35 % of both the 4x and the 8x file's sampled fraction), or None.
     ``image_scale``: the run's (`operator_settings`)."""
-    if prior_dir is None:
-        return None
     fitting = []
-    for cal, path in _shipped(str(prior_dir)):
-        try:
-            check_fits(cal, pipeline, str(path))
-        except InputError:
-            continue
+    for cal, path in _shipped_for(prior_dir, pipeline):
         if cal.prior_checksum is not None and not settings_differ(cal, operator, image_scale):
             fitting.append((settings_distance(cal, operator, image_scale), len(fitting), cal, path))
     if not fitting:
@@ -380,14 +387,8 @@ def nearest_unfitting(prior_dir: Path | None, pipeline: dict[str, Any], operator
     """When no shipped calibration fits a run (`shipped_calibration` gave None): the one fitted
     on this run's pipeline that is nearest in operator settings, and the settings in which it
     differs by more than their TOLERANCE; None when none was fitted on this pipeline."""
-    if prior_dir is None:
-        return None
     near = []
-    for cal, path in _shipped(str(prior_dir)):
-        try:
-            check_fits(cal, pipeline, str(path))
-        except InputError:
-            continue
+    for cal, path in _shipped_for(prior_dir, pipeline):
         differ = settings_differ(cal, operator, image_scale)
         if differ:  # (one that differs in nothing was passed over for lack of a prior checksum)
             near.append((settings_distance(cal, operator, image_scale), len(near), path, differ))
