@@ -182,3 +182,17 @@ def prior_command(command: str, prior: Path, *, measurement: Path, image: Path, 
         "info": ["info", prior],
         "train_init": ["train", train, "--init", prior, "--out", out / "t", *TRAIN_TINY, "--steps", "1"],
     }[command]
+
+
+def dciodvfy_errors(path) -> list[str]:
+    """The Error lines of dciodvfy (Debian dicom3tools) on one DICOM file; fails when it is missing."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy is not installed: install the Debian package dicom3tools (apt-get install -y dicom3tools).")
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]

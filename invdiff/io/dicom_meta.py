@@ -9,7 +9,6 @@ the source when the grid is the same) and with the source's acquisition paramete
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import pydicom
@@ -112,21 +111,16 @@ def left_out(values: dict[str, Any] | None) -> dict[str, str]:
 def _problem(vr: str, value: Any) -> str | None:
     """Why ``value`` (as `meta_to_json` keeps it) cannot be written with ``vr``, or None."""
     items = value if isinstance(value, list) else [value]
-    if vr == "UI":
-        text = str(value)
-        if not _UID.fullmatch(text) or len(text) > 64:
-            return "is not a valid UID"
-        if text.split(".")[0] not in ("1", "2"):
-            return "has a root other than 1 or 2"
-        return None
-    if vr in _TEXT_VRS:
+    if vr in _TEXT_VRS:  # pydicom's own check of the VR's syntax and length (a UID's too)
         for item in items:
             if not isinstance(item, str):
                 return f"is not a valid {vr}"
             try:
                 validate_value(vr, item, config.RAISE)
             except (ValueError, TypeError):
-                return f"is not a valid {vr}"
+                return "is not a valid UID" if vr == "UI" else f"is not a valid {vr}"
+        if vr == "UI" and str(value).split(".")[0] not in ("1", "2"):
+            return "has a root other than 1 or 2"
         return None
     for item in items:  # DS, IS, US, FD...: numbers, which pydicom formats on writing
         if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
@@ -135,6 +129,4 @@ def _problem(vr: str, value: Any) -> str | None:
 
 
 #: Value Representations whose values the JSON holds as text and pydicom validates as text
-_TEXT_VRS = ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UT")
-#: UID syntax (PS3.5 §9.1): components of digits without leading zeros, joined by dots
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+_TEXT_VRS = ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UT")
