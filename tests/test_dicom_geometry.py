@@ -186,3 +186,16 @@ def test_default_window_follows_the_scale_of_small_values(tmp_path):
     assert 0.9 * 0.98 * 4e-4 <= width <= 4e-4  # the 1st..99th percentile, not a fixed width of 1
     constant = pydicom.dcmread(write_dicom_series(tmp_path / "c", np.full((1, 8, 8), 1e-5), modality="OT")[0])
     assert 0 < float(constant.WindowWidth) < 1e-4
+
+
+def test_ct_with_non_square_pixels_warns_that_radon_takes_them_as_square(tmp_path, capsys):
+    """The Radon transform has one pixel size: a 0.7 x 0.8 mm CT slice is simulated with the
+    column spacing, and the run says so (and not for square pixels)."""
+    stored = np.random.default_rng(0).integers(900, 1200, size=(16, 16)).astype(np.uint16)
+    for name, spacing in (("square", (0.8, 0.8)), ("oblong", (0.7, 0.8))):
+        src = ct_slice(tmp_path / f"{name}.dcm", stored, spacing=spacing)
+        capsys.readouterr()
+        assert invdiff("simulate", src, "--operator", "radon", "--views", "8", "--noise-rel", "0.01",
+                       "--out", tmp_path / f"{name}.h5", "--quiet") == 0
+        err = capsys.readouterr().err
+        assert ("0.7 x 0.8 mm" in err and "square" in err) == (name == "oblong"), err

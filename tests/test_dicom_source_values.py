@@ -63,3 +63,30 @@ def test_series_from_an_invalid_source_is_valid_and_says_what_it_left_out(tmp_pa
     assert out.FrameOfReferenceUID.split(".")[0] in ("1", "2") and out.PatientID == "P-042"
     assert not out.get("PatientBirthDate")  # type 2: present and empty, or absent
     assert not dciodvfy_errors(tmp_path / "d" / "IM00001.dcm")
+
+
+def test_an_invalid_patient_id_takes_the_patient_and_study_identity_with_it():
+    source = {"PatientID": "P" * 70, "PatientName": "Doe^Jane", "StudyInstanceUID": "1.2.840.99",
+              "StudyDescription": "head", "PixelSpacing": [0.5, 0.5]}
+    dropped = left_out(source)
+    assert "not a valid LO" in dropped["PatientID"]
+    assert {"PatientName", "StudyInstanceUID", "StudyDescription"} <= set(dropped)
+    assert "PixelSpacing" not in dropped  # geometry is no identity
+    ds = meta_from_json(source)
+    assert "PatientName" not in ds and "StudyInstanceUID" not in ds and list(ds.PixelSpacing) == [0.5, 0.5]
+    assert left_out({"PatientID": "P-1", "PatientName": "Doe^Jane"}) == {}
+
+
+def test_names_outside_latin1_are_written_in_utf8(tmp_path):
+    from invdiff.io.dicom import write_dicom_series
+
+    image = np.random.default_rng(0).random((1, 16, 16)).astype(np.float32)
+    cases = {"cyrillic": ("Иванов^Иван", "Голова"), "japanese": ("Yamada^Tarou=山田^太郎", "頭部"),
+             "latin1": ("Müller^Jürgen", "Schädel")}
+    for name, (patient, study) in cases.items():
+        source = meta_from_json({"PatientName": patient, "PatientID": "P-7", "StudyDescription": study})
+        files = write_dicom_series(tmp_path / name, image, modality="MR", source_meta=source)
+        out = pydicom.dcmread(files[0])
+        assert str(out.PatientName) == patient and out.StudyDescription == study
+        assert out.SpecificCharacterSet == ("ISO_IR 100" if name == "latin1" else "ISO_IR 192")
+        assert not dciodvfy_errors(files[0])

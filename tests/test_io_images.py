@@ -154,12 +154,14 @@ def test_nifti_odd_orientation_is_canonicalised(tmp_path, rng):
     nibabel.save(nibabel.Nifti1Image(odd, affine), tmp_path / "v.nii.gz")
     axial = read_images(tmp_path / "v.nii.gz")
     assert axial.kind == "nifti"
-    np.testing.assert_array_equal(axial.data, ras.transpose(2, 0, 1))
-    assert axial.spacing == pytest.approx((sz, sx, sy))
+    # DICOM display convention (tests/test_nifti_orientation.py): LPS+, axial rows A->P, columns R->L
+    lps = ras[::-1, ::-1, :]
+    np.testing.assert_array_equal(axial.data, lps.transpose(2, 1, 0))
+    assert axial.spacing == pytest.approx((sz, sy, sx))
     nibabel.save(nibabel.Nifti1Image(odd, affine), tmp_path / "v.nii")
-    sagittal = read_images(tmp_path / "v.nii", axis=0)
-    np.testing.assert_array_equal(sagittal.data, ras)
-    assert sagittal.spacing == pytest.approx((sx, sy, sz))
+    sagittal = read_images(tmp_path / "v.nii", axis=0)  # rows S->I, columns A->P
+    np.testing.assert_array_equal(sagittal.data, lps.transpose(0, 2, 1)[:, ::-1, :])
+    assert sagittal.spacing == pytest.approx((sx, sz, sy))
     with pytest.raises(InputError, match=r"v\.nii.*axis"):
         read_images(tmp_path / "v.nii", axis=3)
 
@@ -360,7 +362,9 @@ def test_axis_chooses_the_nifti_slicing_in_simulate_and_train(tmp_path, rng, cap
     from invdiff.cli.common import run_app
 
     nibabel.save(nibabel.Nifti1Image(rng.random((16, 24, 32)).astype(np.float32), np.eye(4)), tmp_path / "v.nii.gz")
-    for axis, slices, shape in ((0, 16, [24, 32]), (1, 24, [16, 32]), (None, 32, [16, 24])):
+    # (x, y, z) = (16, 24, 32) voxels; slices in the DICOM display convention: axial (y, x),
+    # coronal (z, x), sagittal (z, y)
+    for axis, slices, shape in ((0, 16, [32, 24]), (1, 24, [32, 16]), (None, 32, [24, 16])):
         argv = ["simulate", str(tmp_path / "v.nii.gz"), "--operator", "blur", "--psf", "gaussian:1",
                 "--out", str(tmp_path / f"m{axis}.h5"), "--json", "--device", "cpu"]
         assert run_app(app, argv + ([] if axis is None else ["--axis", str(axis)])) == 0
@@ -370,4 +374,4 @@ def test_axis_chooses_the_nifti_slicing_in_simulate_and_train(tmp_path, rng, cap
              "--channels-base", "8", "--channel-mults", "1,2", "--dry-run", "--json", "--quiet"]
     assert run_app(app, train) == 0
     data = json.loads(capsys.readouterr().out)["data"]
-    assert data["slice_shapes"] == [[24, 32]] and data["slices"] + data["validation_slices"] == 16
+    assert data["slice_shapes"] == [[32, 24]] and data["slices"] + data["validation_slices"] == 16

@@ -45,7 +45,7 @@ def calibrate(
     from invdiff.io.hdf5 import read_result
     from invdiff.pipeline.calibration import (Calibration, calibrate as fit, check_alpha, mean_settings, operator_settings,
                                               pipeline_of)
-    from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume
+    from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume, require_reference, result_units
     from invdiff.pipeline.inputs import HDF5_SUFFIXES
 
     check_alpha(alpha)
@@ -75,8 +75,8 @@ def calibrate(
             raise InputError(f"{path}: made with another {', '.join(differ)} than {files[0]}; calibrate one pipeline at a time.")
         if res["std"] is None:
             raise InputError(f"{path}: holds no 'std'; reconstruct with a prior and --samples 2 or more.")
-        ref_path = require_file(reference_path(path, prov, reference), "reference")
-        truth = reference_volume(load_reference(ref_path, key)[0])
+        ref_path = require_reference(reference_path(path, prov, reference))
+        truth = reference_volume(load_reference(ref_path, key, units=result_units(prov))[0])
         if truth.shape != res["reconstruction"].shape:
             raise InputError(f"{ref_path}: the reference has shape {truth.shape} but the reconstruction in {path} has "
                              f"{res['reconstruction'].shape}.")

@@ -183,6 +183,16 @@ def require_file(path: Path, what: str = "input") -> Path:
     return path
 
 
+def nifti_axis(path: Path, axis: int | None) -> int:
+    """The NIfTI axis to slice ``path`` along (default 2, axial); InputError when ``--axis`` is
+    given for a file that is not NIfTI (checked before reading: other stacks are (slices, H, W))."""
+    from invdiff.io.images import image_kind
+
+    if axis is not None and (kind := image_kind(path)) not in ("nifti", None):
+        raise InputError(f"{path}: --axis slices NIfTI volumes; a {kind.upper()} stack is read as (slices, H, W).")
+    return 2 if axis is None else axis
+
+
 def refuse_clobbering(inputs: list[Path], outputs: list[Path], read_dirs: list[Path] = ()) -> None:
     """InputError if an output path is one of the input files, lies in a folder the command
     reads (``read_dirs``: a prior directory), or two outputs are the same file.

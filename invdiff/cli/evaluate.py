@@ -9,7 +9,7 @@ import typer
 
 from invdiff.cli.app import app
 from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, JsonOpt, QuietOpt, check_device, emit_json,
-                                require_file)
+                                nifti_axis, require_file)
 from invdiff.errors import InputError
 
 
@@ -42,6 +42,7 @@ def evaluate(
     measurement: Annotated[Optional[Path], typer.Option("--measurement", help="Measurement file for the data residual (default: the reference when it is one).")] = None,
     data_range: Annotated[Optional[float], typer.Option("--data-range", help="PSNR/SSIM data range (default: reference volume max).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset name inside an HDF5/NPZ reference.")] = None,
+    axis: Annotated[Optional[int], typer.Option("--axis", help="NIfTI reference: the axis to slice along, as given to `invdiff simulate` (0, 1, 2; default 2, axial).")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     device: AcceptedDeviceOpt = "auto",
@@ -51,14 +52,14 @@ def evaluate(
     check_device(device)
     from invdiff.io.hdf5 import read_measurement, read_result
     from invdiff.pipeline.evaluate import evaluate as run_evaluate
-    from invdiff.pipeline.evaluate import load_reference, reference_path
+    from invdiff.pipeline.evaluate import load_reference, reference_path, require_reference, result_units
 
     require_file(result, "result")
     res = read_result(result)
-    reference = require_file(reference_path(result, res["provenance"], reference), "reference")
-    ref, m = load_reference(reference, key)
-    if measurement is not None:
-        m = read_measurement(require_file(measurement, "measurement"))
+    reference = require_reference(reference_path(result, res["provenance"], reference))
+    given = read_measurement(require_file(measurement, "measurement")) if measurement is not None else None
+    ref, m = load_reference(reference, key, axis=nifti_axis(reference, axis), units=result_units(res["provenance"], given))
+    m = given or m
     if m is not None:
         from invdiff.pipeline.reconstruct import check_data
 

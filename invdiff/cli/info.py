@@ -16,10 +16,16 @@ from invdiff.errors import InputError
 
 
 def _array_summary(a: np.ndarray) -> dict[str, Any]:
+    """Shape, dtype, finiteness and range: ``min``/``max`` of real data (signed: HU go down to
+    -1000), ``abs_min``/``abs_max`` of the magnitude of complex data (k-space)."""
     out: dict[str, Any] = {"shape": list(a.shape), "dtype": str(a.dtype)}
     if a.size and np.issubdtype(a.dtype, np.number):
-        mag = np.abs(a)
-        out.update(min=float(mag.min()), max=float(mag.max()), finite=bool(np.isfinite(a).all()))
+        finite = bool(np.isfinite(a).all())
+        if np.iscomplexobj(a):
+            mag = np.abs(a)
+            out.update(abs_min=float(np.nanmin(mag)), abs_max=float(np.nanmax(mag)), finite=finite)
+        else:
+            out.update(min=float(np.nanmin(a)), max=float(np.nanmax(a)), finite=finite)
     return out
 
 

@@ -318,8 +318,6 @@ def reconstruct(
 
 def warn_left_out(src: Path, dicom_dir: Path, dropped: dict[str, str]) -> None:
     """Say which of the DICOM source's attributes the series left out (invdiff.io.dicom_meta.left_out)."""
-    one = len(dropped) == 1
     why = "; ".join(f"{keyword} {reason}" for keyword, reason in dropped.items())
-    print(f"invdiff: warning: {src}: the DICOM source's {', '.join(dropped)} {'is' if one else 'are'} not valid "
-          f"DICOM ({why}); the series in {dicom_dir} leaves {'it' if one else 'them'} out (a UID gets a new one "
-          "of its own).", file=sys.stderr)
+    print(f"invdiff: warning: {src}: the series in {dicom_dir} leaves out the DICOM source's {', '.join(dropped)}, "
+          f"which a valid series cannot carry ({why}); a left-out UID gets a new one of its own.", file=sys.stderr)

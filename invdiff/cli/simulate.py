@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, refuse_clobbering,
-                                resolve_device)
+from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, nifti_axis,
+                                refuse_clobbering, resolve_device)
 from invdiff.cli.options import (
     AccelerationOpt,
     AnglesOpt,
@@ -70,7 +71,7 @@ def simulate(
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate a measurement of IMAGE and write it, with the image as ground truth, to --out."""
-    from invdiff.io.images import image_kind, read_images
+    from invdiff.io.images import read_images
     from invdiff.pipeline.simulate import simulate as run_simulate
     from invdiff.io.hdf5 import write_measurement
     from invdiff.pipeline.geometry import check_options_fit
@@ -81,9 +82,7 @@ def simulate(
     geometry = geometry_from_options(locals())
     check_options_fit(operator, geometry)  # before the image is read: an option of another operator
     dev = resolve_device(device)
-    if axis is not None and (kind := image_kind(image)) not in ("nifti", None):  # refused before reading
-        raise InputError(f"{image}: --axis slices NIfTI volumes; a {kind.upper()} stack is read as (slices, H, W).")
-    stack = read_images(image, key=key, axis=2 if axis is None else axis)
+    stack = read_images(image, key=key, axis=nifti_axis(image, axis))
     data = stack.data
     attrs = {"source": str(image), "units": "image"}
     if stack.spacing:
@@ -95,6 +94,11 @@ def simulate(
         attrs.update(units="mu_per_mm", hounsfield=True)
         if pixel_size is None and stack.spacing:
             geometry.pixel_size = float(stack.spacing[-1])
+            rows, columns = stack.spacing[1], stack.spacing[2]
+            if rows and columns and abs(rows - columns) > 1e-3 * columns:
+                print(f"invdiff: warning: {image}: the pixels are {rows:g} x {columns:g} mm (rows x columns); the Radon "
+                      f"transform takes them as square, {columns:g} mm (give --pixel-size, or resample the image for "
+                      "exact line integrals).", file=sys.stderr)
     if stack.dicom_meta is not None:
         from invdiff.io.dicom_meta import meta_to_json
 

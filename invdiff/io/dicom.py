@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -78,6 +80,23 @@ class DicomVolume:
     spacing: tuple[float | None, float, float] | None
 
 
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings (``warnings`` and its ``pydicom`` logger) while reading,
+    including those raised when a value is converted on first access: notes such as "pixel data
+    has excess padding" concern inputs that are read correctly, and a file that cannot be read
+    is reported once, as one sentence, by the caller. Also usable as a decorator."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def is_dicom_file(path: Path) -> bool:
     """True when the file carries the DICOM Part 10 marker 'DICM' at byte 128."""
     try:
@@ -88,6 +107,7 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+@quiet_pydicom()
 def read_dicom_header(path: Path, *, pixels: bool = True) -> Any:
     """Parse one DICOM file (without executing anything); InputError naming the file if it is not one."""
     import pydicom
@@ -105,6 +125,7 @@ def read_dicom_header(path: Path, *, pixels: bool = True) -> Any:
     return ds
 
 
+@quiet_pydicom()
 def dicom_pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
     """Pixels ``(frames, H, W)`` float32 after RescaleSlope/Intercept, and whether they are HU.
 
@@ -112,13 +133,18 @@ def dicom_pixels(ds: Any, path: Path) -> tuple[np.ndarray, bool]:
     multi-frame image's rescale is read from its functional groups, frame by frame
     (dicom_frames.py). MONOCHROME1 images that are not in HU are inverted so that bright means
     large, as in MONOCHROME2 (HU keep their values: they are physical). Colour
-    (SamplesPerPixel > 1) and compressed data without an installed decoder are InputErrors.
+    (SamplesPerPixel > 1, or a PhotometricInterpretation other than MONOCHROME1/2, such as
+    PALETTE COLOR, whose one sample per pixel is a colour-table index, RGB or YBR_*) and
+    compressed data without an installed decoder are InputErrors.
     """
     from pydicom.pixels import apply_modality_lut
 
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         raise InputError(f"{path}: expected a single-channel image; got {samples} channels (colour DICOM).")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric not in ("", "MONOCHROME1", "MONOCHROME2"):
+        raise InputError(f"{path}: expected a single-channel image; got {photometric} (colour DICOM).")
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         stored = ds.pixel_array
@@ -157,6 +183,7 @@ def _apply_real_world_mapping(values: np.ndarray, ds: Any) -> np.ndarray:
     return values
 
 
+@quiet_pydicom()
 def group_dicom_series(files: Sequence[Path]) -> list[list[Path]]:
     """Split DICOM files into series by SeriesInstanceUID (order of first appearance).
 
@@ -171,6 +198,24 @@ def group_dicom_series(files: Sequence[Path]) -> list[list[Path]]:
     return list(groups.values())
 
 
+@quiet_pydicom()
+def describe_series(groups: Sequence[Sequence[Path]]) -> str:
+    """One phrase per series (from `group_dicom_series`), for messages: SeriesNumber, quoted
+    SeriesDescription, Modality and file count, e.g. ``series 2 'AX T1' (MR, 120 files)``;
+    at most six series are named."""
+    phrases = []
+    for files in groups[:6]:
+        ds = read_dicom_header(Path(files[0]), pixels=False)
+        number = str(ds.get("SeriesNumber", "") or "").strip()
+        text = str(ds.get("SeriesDescription", "") or "").strip()
+        modality = str(ds.get("Modality", "") or "").strip() or "no modality"
+        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+        name = f"series {number}" if number else "unnumbered series"
+        phrases.append(f"{name}{f' {text!r}' if text else ''} ({modality}, {count})")
+    return "; ".join(phrases + (["..."] if len(groups) > 6 else []))
+
+
+@quiet_pydicom()
 def read_dicom_series(files: Sequence[Path]) -> DicomVolume:
     """Read the files of one series into a volume sorted along the slice normal.
 
@@ -540,7 +585,23 @@ def _common_dataset(modality: str, source: Any, description: str, hounsfield: bo
     ds.HighBit = 15
     ds.PixelRepresentation = 0
     ds.WindowCenterWidthExplanation = "invdiff default"
+    ds.SpecificCharacterSet = character_set(ds)
     return ds
+
+
+def character_set(ds: Any) -> str:
+    """``ISO_IR 100`` (Latin-1) when every text value of ``ds`` fits it, else ``ISO_IR 192``
+    (UTF-8; PS3.3 C.12.1.1.2): a patient name in Cyrillic or Japanese carried from a source in
+    another character set must not be written as question marks."""
+    for element in ds:
+        if element.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC"):
+            values = list(element.value) if element.VM > 1 else [element.value]
+            try:
+                for v in values:
+                    str(v if v is not None else "").encode("latin-1")
+            except UnicodeEncodeError:
+                return "ISO_IR 192"
+    return "ISO_IR 100"
 
 
 def _series_number(source: Any) -> int:

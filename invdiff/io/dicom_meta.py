@@ -97,7 +97,9 @@ def left_out(values: dict[str, Any] | None) -> dict[str, str]:
     is not 1 or 2 (PS3.5 §9; test data such as "0.0.0.0.2..." pass the UID syntax but
     `dciodvfy` rejects their root). The series then leaves such an attribute out, or, for
     StudyInstanceUID and FrameOfReferenceUID, gets a new UID of its own (a new study; a new
-    Frame of Reference)."""
+    Frame of Reference). An invalid PatientID takes the rest of the patient's and the study's
+    identity with it (`IDENTITY`): a series must not file one patient's name and study under
+    another patient ID."""
     out: dict[str, str] = {}
     for keyword, value in (values or {}).items():
         if keyword not in CARRIED:
@@ -105,7 +107,17 @@ def left_out(values: dict[str, Any] | None) -> dict[str, str]:
         why = _problem(dictionary_VR(keyword), value)
         if why:
             out[keyword] = f"{value!r} {why}"
+    if "PatientID" in out:
+        for keyword in IDENTITY:
+            if keyword in (values or {}) and keyword not in out:
+                out[keyword] = "goes with the PatientID"
     return out
+
+
+#: what names the patient and the study: left out together with an invalid PatientID
+IDENTITY = ("PatientName", "PatientBirthDate", "PatientSex", "PatientAge", "StudyInstanceUID", "StudyDate",
+            "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+            "FrameOfReferenceUID", "PositionReferenceIndicator")
 
 
 def _problem(vr: str, value: Any) -> str | None:

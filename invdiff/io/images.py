@@ -14,11 +14,20 @@ Conventions (the choices a reader has to make):
 - Values: NaN or Inf anywhere is an InputError. A file whose every value is zero is an
   InputError too (nothing to learn from or reconstruct; it is almost always a failed export),
   while single all-zero slices inside a stack are kept (the ends of a CT volume often are).
-- NIfTI volumes are reoriented to the closest canonical RAS+ orientation, then sliced along
-  ``axis`` (0: sagittal, 1: coronal, 2: axial); the two in-plane axes keep RAS+ order.
+- NIfTI volumes are reoriented to the closest canonical orientation (RAS+, then flipped to
+  DICOM's LPS+) and sliced along ``axis`` (0: sagittal, 1: coronal, 2: axial) in the DICOM
+  display convention, so that a NIfTI volume and the DICOM series of the same scan give the
+  same arrays: axial slices have rows anterior->posterior and columns right->left, coronal
+  rows superior->inferior and columns right->left, sagittal rows superior->inferior and
+  columns anterior->posterior; slices go in increasing LPS coordinate (axial:
+  inferior->superior).
 - ``spacing`` is ``(slice, row, column)`` in mm when the format records it (DICOM, NIfTI),
   else None; the slice spacing may be None for a single DICOM slice.
-- HDF5 without ``key``: the only 2D/3D dataset in the file. NPZ without ``key``: the only array.
+- HDF5 without ``key``: the only image dataset in the file, (H, W) or (slices, H, W) once
+  singleton leading axes are dropped, as for NPY. NPZ without ``key``: the only array.
+- Nothing is read in part: a TIFF written page by page (one tifffile series per page) is
+  stacked, or refused when its pages differ; a 16-bit PNG with colour or alpha, which Pillow
+  would cut to 8 bits, is refused.
 """
 
 from __future__ import annotations
@@ -83,7 +92,8 @@ def read_images(
         file, DICOM series folder, or NIfTI (.nii/.nii.gz); the format comes from the suffix,
         or from the file's first bytes when the suffix is unknown.
     key: the NPZ array or HDF5 dataset to read (default: the only one).
-    axis: NIfTI axis to slice along, after reorientation to RAS+ (0, 1 or 2).
+    axis: NIfTI axis to slice along, after reorientation to LPS+ (0: sagittal, 1: coronal,
+        2: axial); slices come out in the DICOM display convention (module docstring).
     allow_rgb: convert colour images to grey instead of raising (see module docstring).
     """
     path = Path(path)
@@ -196,9 +206,33 @@ def _kind_of(path: Path) -> Kind | None:
     return None
 
 
+#: PNG colour types (IHDR byte 25) that Pillow reads at 8 bits when the bit depth is 16
+_PNG_COLOUR_16 = {2: "RGB", 4: "grey-with-alpha", 6: "RGBA"}
+
+
+def _check_png_depth(path: Path) -> None:
+    """InputError for a 16-bit PNG with colour or alpha: Pillow keeps only the high byte of
+    each sample, which would divide the values by 256 without a word. The bit depth and colour
+    type are bytes 24 and 25 of the file (the IHDR chunk that follows the signature)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return  # Pillow reports the file as unreadable
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return  # not a PNG (Pillow reads it by its content), or too short: Pillow reports it
+    depth, colour = head[24], head[25]
+    if depth == 16 and colour in _PNG_COLOUR_16:
+        raise InputError(
+            f"{path}: 16-bit {_PNG_COLOUR_16[colour]} PNG cannot be read without losing its low 8 bits; "
+            "save it as a 16-bit greyscale PNG or as a TIFF."
+        )
+
+
 def _read_pillow(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
     from PIL import Image, ImageOps
 
+    _check_png_depth(path)
     try:
         with Image.open(path) as img:
             img.load()
@@ -229,15 +263,41 @@ def quiet_tifffile() -> Iterator[None]:
 
 
 def _tiff_pixels(path: Path) -> tuple[np.ndarray, str]:
-    """The first series of a TIFF file and its axes (tifffile's letters), read quietly."""
+    """The pixels of a TIFF file and their axes (tifffile's letters), read quietly.
+
+    One image series is returned as stored. A file written page by page holds one series per
+    page: when every series is one plane (``YX``, or ``YX`` with samples ``S``) of the same
+    shape, dtype and axes, they are stacked along a new leading axis ``I`` (slices), so no
+    page is left out. Reduced-resolution series (thumbnails, NewSubfileType bit 0) are skipped.
+    Series that cannot be stacked are an InputError naming their count and shapes.
+    """
     import tifffile
 
     try:
         with quiet_tifffile(), tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            return series.asarray(), series.axes
+            series = [s for s in tif.series if not s.keyframe.is_reduced] or list(tif.series[:1])
+            if len(series) == 1:
+                return series[0].asarray(), series[0].axes
+            _check_stackable_series(series, path)
+            return np.stack([s.asarray() for s in series]), "I" + series[0].axes
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable TIFF file, or truncated ({dicom._reason(exc)}).") from None
+
+
+def _check_stackable_series(series: Sequence[Any], path: Path) -> None:
+    """InputError unless the tifffile series are single planes of one shape, dtype and axes."""
+    first = series[0]
+    planes = all(len(s.axes.replace("S", "")) == 2 for s in series)
+    same = all((s.shape, s.dtype, s.axes) == (first.shape, first.dtype, first.axes) for s in series)
+    if planes and same:
+        return
+    shapes = [f"{'x'.join(map(str, s.shape))} {s.dtype}" for s in series[:6]] + (["..."] if len(series) > 6 else [])
+    raise InputError(
+        f"{path}: TIFF holds {len(series)} image series that are not one stack of equal 2D images "
+        f"({', '.join(shapes)}); save them as separate files or as one (slices, H, W) stack."
+    )
 
 
 def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
@@ -269,10 +329,11 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_array(path: str | os.PathLike) -> np.ndarray:
-    """The numeric array of an NPY file or the first series of a TIFF file, as stored (no
-    stacking, no conversion): what a foreign measurement (a sinogram, a blurred image) is read
-    with. The checks of the image readers apply (header, truncation, object and string dtypes,
-    tifffile's log silenced); a colour TIFF is refused. InputError naming the file."""
+    """The numeric array of an NPY file or the pixels of a TIFF file (`_tiff_pixels`: pages
+    written one by one are stacked), as stored (no conversion): what a foreign measurement (a
+    sinogram, a blurred image) is read with. The checks of the image readers apply (header,
+    truncation, object and string dtypes, tifffile's log silenced); a colour TIFF is refused.
+    InputError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file does not exist." if not path.exists() else f"{path}: is a folder, not a file.")
@@ -414,18 +475,39 @@ def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
 
 
 def _only_image_dataset(fh: Any, path: Path) -> str:
+    """The name of the file's only image dataset: one whose shape is ``(H, W)`` or
+    ``(slices, H, W)`` with H, W >= 2 once singleton leading axes are dropped (the rule of
+    `_as_stack`, so ``(N, 1, H, W)`` qualifies as in NPY). InputError when there is none (naming
+    every dataset and its shape) or several."""
     import h5py
 
-    found: list[str] = []
-    fh.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) else None)
+    shapes: dict[str, tuple[int, ...]] = {}
+    fh.visititems(lambda name, obj: shapes.__setitem__(name, obj.shape) if isinstance(obj, h5py.Dataset) else None)
+    found = [name for name, shape in shapes.items() if _is_image_shape(shape)]
     if len(found) == 1:
         return found[0]
-    if not found:
-        raise InputError(f"{path}: HDF5 holds no 2D or 3D dataset.")
-    raise InputError(f"{path}: HDF5 holds several image datasets ({', '.join(found)}); choose one with --key.")
+    if found:
+        raise InputError(f"{path}: HDF5 holds several image datasets ({', '.join(found)}); choose one with --key.")
+    if not shapes:
+        raise InputError(f"{path}: HDF5 holds no datasets.")
+    listed = [f"{name} {shape}" for name, shape in list(shapes.items())[:8]] + (["..."] if len(shapes) > 8 else [])
+    raise InputError(
+        f"{path}: HDF5 holds no image dataset of shape (H, W) or (slices, H, W); its datasets are "
+        f"{', '.join(listed)}."
+    )
+
+
+def _is_image_shape(shape: tuple[int, ...] | None) -> bool:
+    """Whether an array of ``shape`` is an image or a stack for `_as_stack`: 2 or 3 axes after
+    dropping singleton leading axes, and at least 2 x 2 pixels."""
+    if shape is None or len(shape) < 2 or min(shape[-2:]) < 2:
+        return False
+    return len([n for n in shape[:-2] if n != 1]) <= 1
 
 
 def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, float, float]]:
+    """A NIfTI volume as ``(slices, H, W)`` in the DICOM display convention (`_display_slices`),
+    and its spacing ``(slice, row, column)`` in mm."""
     import nibabel
 
     if axis not in (0, 1, 2):
@@ -434,11 +516,14 @@ def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, 
         image = nibabel.load(path)
         if not path.name.lower().endswith(".gz"):
             _check_nifti_size(image.header, path)
+        dtype = image.get_data_dtype()
+        if dtype.names is not None:  # RGB24 / RGBA32: a record of channels per voxel
+            colour = "RGBA" if "A" in dtype.names else "RGB"
+            raise InputError(f"{path}: expected a single-channel image; got an {colour} NIfTI volume.")
         image = nibabel.as_closest_canonical(image)
         header_shape = image.shape
         if len(header_shape) > 3 and int(np.prod(header_shape[3:])) > 1:
             raise InputError(f"{path}: NIfTI has {len(header_shape)} dimensions {header_shape}; expected a 3D volume.")
-        dtype = image.get_data_dtype()
         volume = np.asarray(image.dataobj, dtype=np.complex64 if dtype.kind == "c" else np.float32)
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
     except InputError:
@@ -447,8 +532,30 @@ def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, 
         raise InputError(f"{path}: not a readable NIfTI file, or truncated ({dicom._reason(exc)}).") from None
     volume = volume.reshape(volume.shape[:3] + (1,) * (3 - volume.ndim))
     zooms = (zooms + [1.0, 1.0, 1.0])[:3]
-    others = [a for a in (0, 1, 2) if a != axis]
-    return np.moveaxis(volume, axis, 0), (zooms[axis], zooms[others[0]], zooms[others[1]])
+    return _display_slices(volume[::-1, ::-1, :], tuple(zooms), axis)
+
+
+def _display_slices(
+    lps: np.ndarray, zooms: tuple[float, ...], axis: int
+) -> tuple[np.ndarray, tuple[float | None, float, float]]:
+    """Slices of an LPS+ volume in the DICOM display convention, so that a NIfTI volume and the
+    DICOM series of the same scan give the same arrays.
+
+    lps: ``(X, Y, Z)``, index increasing towards patient Left, Posterior, Superior.
+    zooms: voxel size ``(dx, dy, dz)`` mm.
+    axis: 2 (axial): rows anterior->posterior, columns right->left (what DICOM
+        ImageOrientationPatient ``[1,0,0,0,1,0]`` displays); 1 (coronal): rows superior->inferior,
+        columns right->left; 0 (sagittal): rows superior->inferior, columns anterior->posterior.
+        Slices follow the axis in increasing LPS coordinate (axial: inferior->superior;
+        coronal: anterior->posterior; sagittal: right->left).
+    Returns ``(slices, H, W)`` and its spacing ``(slice, row, column)`` in mm.
+    """
+    dx, dy, dz = zooms
+    if axis == 2:
+        return np.transpose(lps, (2, 1, 0)), (dz, dy, dx)
+    if axis == 1:
+        return np.transpose(lps, (1, 2, 0))[:, ::-1, :], (dy, dz, dx)
+    return np.transpose(lps, (0, 2, 1))[:, ::-1, :], (dx, dz, dy)
 
 
 def _check_nifti_size(header: Any, path: Path) -> None:
@@ -477,7 +584,10 @@ def _read_dicom_folder(folder: Path) -> ImageStack:
         raise InputError(f"{folder}: is a folder without DICOM files; give an image file, or a folder that holds one DICOM series.")
     groups = dicom.group_dicom_series(files)
     if len(groups) > 1:
-        raise InputError(f"{folder}: folder holds {len(groups)} DICOM series; give one series folder.")
+        raise InputError(
+            f"{folder}: folder holds {len(groups)} DICOM series ({dicom.describe_series(groups)}); "
+            "give a folder that holds one series."
+        )
     return _series_stack(folder, groups[0])
 
 

@@ -13,11 +13,16 @@ from invdiff.errors import InputError
 from invdiff.io.hdf5 import Measurement, read_array, read_measurement, reading
 
 
-def load_reference(path: Path, key: str | None = None) -> tuple[np.ndarray, Measurement | None]:
+def load_reference(path: Path, key: str | None = None, *, axis: int = 2,
+                   units: str | None = None) -> tuple[np.ndarray, Measurement | None]:
     """The reference volume ``(slices, H, W)``: a simulated measurement's ``ground_truth``,
     a fastMRI file's target (``reconstruction_esc`` single-coil, ``reconstruction_rss``
-    multi-coil), or any image file. Returns the measurement too when the reference is one."""
-    if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+    multi-coil), an HDF5 result's ``reconstruction``, or any image file or DICOM series folder
+    read by the rules of ``invdiff simulate`` (invdiff/io/images.py; ``axis`` slices a NIfTI
+    volume). ``units`` are the result's (its provenance's ``units``): for ``"mu_per_mm"`` a CT
+    DICOM reference in HU is converted to linear attenuation in 1/mm (``hu_to_mu``), as simulate
+    converted the image it measured. Returns the measurement too when the reference is one."""
+    if path.is_file() and path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
         with reading(path) as f:
             is_measurement = "invdiff_operator" in f.attrs
             from invdiff.io import fastmri
@@ -28,23 +33,25 @@ def load_reference(path: Path, key: str | None = None) -> tuple[np.ndarray, Meas
                     raise InputError(f"{path}: this fastMRI file holds no target (reconstruction_esc or "
                                      "reconstruction_rss) to compare with; give --reference.")
                 return target, None
-            if not is_measurement:
-                if key is None and "reconstruction" in f:
-                    key = "reconstruction"
-                if key is None or key not in f:
-                    raise InputError(f"{path}: no 'ground_truth' or --key dataset to use as the reference.")
-                data = read_array(f, key, path)
+            if not is_measurement and key is None and "reconstruction" in f:
+                data = read_array(f, "reconstruction", path)
                 data = data[None] if data.ndim == 2 else data
                 if data.ndim != 3:
-                    raise InputError(f"{path}: dataset '{key}' has shape {data.shape}; expected (slices, H, W).")
+                    raise InputError(f"{path}: dataset 'reconstruction' has shape {data.shape}; expected (slices, H, W).")
                 return data, None
-        m = read_measurement(path)
-        if m.ground_truth is None:
-            raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
-        return m.ground_truth, m
+        if is_measurement:
+            m = read_measurement(path)
+            if m.ground_truth is None:
+                raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
+            return m.ground_truth, m
     from invdiff.io.images import read_images
 
-    return read_images(path, key=key).data, None
+    stack = read_images(path, key=key, axis=axis)
+    if stack.hounsfield and units == "mu_per_mm":
+        from invdiff.io.dicom import hu_to_mu
+
+        return hu_to_mu(stack.data), None
+    return stack.data, None
 
 
 def reference_path(result: Path, provenance: dict[str, Any], reference: Path | None) -> Path:
@@ -56,6 +63,27 @@ def reference_path(result: Path, provenance: dict[str, Any], reference: Path | N
     if not source or not Path(source).exists():
         raise InputError(f"{result}: give --reference; the result's input file is not available to take the ground truth from.")
     return Path(source)
+
+
+def require_reference(path: Path) -> Path:
+    """``path`` when it can be a reference: an existing non-empty file, or a folder (a DICOM
+    series; read_images says so when it is not one)."""
+    if path.is_dir():
+        return path
+    if not path.exists():
+        raise InputError(f"{path}: reference file does not exist.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: reference file is empty.")
+    return path
+
+
+def result_units(provenance: dict[str, Any], measurement: Measurement | None = None) -> str | None:
+    """The units of a result's reconstruction: its provenance's ``units`` (recorded since
+    2026-12-07), else those of the measurement it came from when that is given."""
+    units = provenance.get("units") if isinstance(provenance, dict) else None
+    if units is None and measurement is not None:
+        units = measurement.attrs.get("units")
+    return str(units) if units is not None else None
 
 
 def reference_volume(reference: np.ndarray) -> np.ndarray:

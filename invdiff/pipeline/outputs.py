@@ -26,6 +26,9 @@ def provenance(m: Measurement, info: dict[str, Any], *, seed: int, device: str, 
         "command_line": shlex.join(["invdiff", *sys.argv[1:]]),
         "input": str(m.source) if m.source else None,
         "operator": json.loads(text),
+        # the reconstruction's units (the measurement's attrs): "mu_per_mm" for a CT DICOM in HU
+        # that simulate converted, which evaluate needs to compare with that DICOM
+        "units": str(m.attrs.get("units", "image")),
         "seed": seed,
         "device": device,
         "python": platform.python_version(),
