@@ -29,9 +29,7 @@ Sources (licences in data/README.md):
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile

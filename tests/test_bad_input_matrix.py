@@ -268,6 +268,25 @@ def test_batch_likelihood_skips_the_unreadable_file(world, tmp_path, capsys):
     assert "Traceback" not in captured.err
 
 
+def test_likelihood_reads_the_dataset_named_by_key(world, tmp_path, capsys):
+    """An HDF5 file of several image datasets (a simulated measurement) is scored by --key, as
+    the message that asks for it says; a missing key names the file."""
+    meas = world / "radon.h5"
+    expect_bad(tmp_path, capsys, ["likelihood", meas, "--prior", world / "prior", "-q", "--device", "cpu"], meas, "--key")
+    args = ["likelihood", meas, "--key", "ground_truth", "--prior", world / "prior", "--json", "--device", "cpu",
+            "--rtol", "1e-2", "--atol", "1e-2"]
+    assert invdiff(*args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["slice"] for r in result["bits_per_dim"]["per_image"]] == [0, 1]
+    expect_bad(tmp_path, capsys, [*args[:2], "--key", "nope", *args[4:]], meas, "HDF5 has no dataset 'nope'")
+
+
+@pytest.mark.parametrize("option, value", [("--atol", "inf"), ("--rtol", "nan"), ("--rtol", "0"), ("--atol", "-1e-5")])
+def test_likelihood_tolerances_must_be_finite_and_positive(world, tmp_path, capsys, option, value):
+    args = ["likelihood", world / "img.npy", "--prior", world / "prior", option, value, "-q", "--device", "cpu"]
+    assert expect_bad(tmp_path, capsys, args, option).startswith(f"{option} must be a finite number > 0, got ")
+
+
 # --- impossible geometry and bad options ------------------------------------------------------
 
 @pytest.mark.parametrize("operator, options, fragment", [
@@ -305,11 +324,14 @@ def test_axis_on_a_stack_is_refused_before_the_file_is_read(tmp_path, capsys):
     (["--image-size", "0"], "--image-size", "at least 1"),
     (["--batch-size", "0"], "--batch-size", "at least 1"),
     (["--detectors", "3"], "sino.npy", "does not match"),
+    (["--operator", "foo"], "sino.npy", "unknown operator 'foo'; available: blur, mri, radon"),
+    (["--operator", "mri"], "sino.npy", "mri measurements must come as HDF5 files"),
 ])
 def test_impossible_geometry_in_reconstruct(tmp_path, capsys, options, culprit, fragment):
     sino = tmp_path / "sino.npy"
     np.save(sino, np.ones((10, 45), np.float32))
-    args = ["reconstruct", sino, "--operator", "radon", *options, "--method", "fbp", "--out", tmp_path / "r.h5", "-q", "--device", "cpu"]
+    operator = [] if "--operator" in options else ["--operator", "radon"]
+    args = ["reconstruct", sino, *operator, *options, "--method", "fbp", "--out", tmp_path / "r.h5", "-q", "--device", "cpu"]
     expect_bad(tmp_path, capsys, args, sino if culprit == "sino.npy" else culprit, fragment)
 
 
@@ -349,6 +371,11 @@ PRIORS = {
     "config_huge_network": (lambda p: (_edit_config(lambda c: c["network"]["unet"].update(base_channels=200_000))(p),
                                        p / EMA_NAME)[1], "do not fit"),
     "config_older_format": (_edit_config(lambda c: c.update(format_version=0)), "older"),
+    # named by the config field, not by the train option (--normalise) that once set it
+    "config_normalisation_kind": (_edit_config(lambda c: c["normalisation"].update(kind="weird")),
+                                  "prior config: normalisation.kind 'weird' is not one of percentile, window"),
+    "config_normalisation_window": (_edit_config(lambda c: c["normalisation"].update(kind="window", window=[1, 0])),
+                                    "normalisation.window must be [LO, HI] with HI > LO"),
     "config_newer_format": (_edit_config(lambda c: c.update(format_version=7)), "newer"),
     "config_without_checksum": (_edit_config(lambda c: c.pop("weights_ema_sha256")), "checksum"),
     "weights_wrong_shape": (_edit_weights(lambda s: s.update({_first_conv(s): torch.zeros(3, 3)})), "shape"),

@@ -402,3 +402,116 @@ def test_a_malformed_calibration_file_is_one_sentence(fitted, tmp_path, capsys, 
     bad.write_text(json.dumps({**json.loads(out.read_text()), field: value}))
     expect_bad(tmp_path, capsys, ["info", bad], bad)
     expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *RECON, "--calibration", bad, "--out", tmp_path / "r.h5"], bad)
+
+
+def test_a_zero_scale_is_refused(fitted, tmp_path, capsys):
+    """A scale of 0 would turn every std into 0 (a claim of certainty): the reader refuses it,
+    and calibrate refuses to fit one (results that equal their references), rather than write
+    a file reconstruct would refuse."""
+    root, prior, meas, result, out = fitted
+    zero = tmp_path / "zero.json"
+    zero.write_text(json.dumps({**json.loads(out.read_text()), "scale": 0}))
+    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *RECON, "--calibration", zero,
+                                  "--out", tmp_path / "r.h5"], zero, "finite number > 0, got 0")
+    exact = tmp_path / "exact.h5"
+    exact.write_bytes(result.read_bytes())
+    with h5py.File(meas) as f, h5py.File(exact, "r+") as g:
+        g["reconstruction"][...] = f["ground_truth"][()]
+    message = expect_bad(tmp_path, capsys, ["calibrate", exact, "--reference", meas, "--alpha", "0.2",
+                                            "--out", tmp_path / "c.json"], "std scale is 0")
+    assert "no uncertainty" in message
+
+
+@pytest.mark.parametrize("field,value,shown", [
+    ("samples", "x", "'samples' must be a whole number >= 1, got 'x'"),
+    ("samples", None, "'samples' must be a whole number >= 1, got None"),
+    ("samples", -2, "'samples' must be a whole number >= 1, got -2"),
+    ("samples", 2.0, "'samples' must be a whole number >= 1, got 2.0"),
+    ("std_window", "x", "'std_window' must be a whole number >= 1, got 'x'"),
+    ("steps", "x", "'steps' must be a whole number >= 1, got 'x'"),
+    ("solver", 3, "'solver' must be a name, got 3"),
+    ("prior", 5, "'prior' must be an object"),
+    ("prior", {"checksum": 7}, "'prior' must be an object"),
+    ("operator", "x", "'operator' must be an object with a 'name', got 'x'"),
+    ("operator", {"name": 4}, "'operator' must be an object with a 'name'"),
+    ("input", 5, "'input' must be a file name, got 5"),
+])
+def test_a_damaged_provenance_is_one_sentence(fitted, tmp_path, capsys, field, value, shown):
+    """calibrate (and evaluate) check the provenance fields they use: a damaged one is named, and
+    no calibration is written that reconstruct would refuse (samples -2)."""
+    root, prior, meas, result, out = fitted
+    bad = tmp_path / "p.h5"
+    bad.write_bytes(result.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f.attrs["invdiff_provenance"] = json.dumps({**json.loads(f.attrs["invdiff_provenance"]), field: value})
+    message = expect_bad(tmp_path, capsys, ["calibrate", bad, "--alpha", "0.2", "--out", tmp_path / "c.json"], bad,
+                         "the result's provenance is damaged")
+    assert shown in message
+    if field == "input":
+        expect_bad(tmp_path, capsys, ["evaluate", bad], bad, shown)
+
+
+def test_calibrate_names_how_two_pipelines_differ_and_refuses_a_result_given_twice(fitted, tmp_path, capsys):
+    root, prior, meas, result, out = fitted
+    k3 = tmp_path / "k3.h5"
+    assert invdiff("reconstruct", meas, "--prior", prior, *RECON, "--samples", "3", "--steps", "3", "--out", k3) == 0
+    message = expect_bad(tmp_path, capsys, ["calibrate", result, k3, "--alpha", "0.2", "--out", tmp_path / "c.json"], k3)
+    assert message == (f"{k3}: made with --samples 3 and --steps 3, {result} with --samples 2 and --steps 2; "
+                       "calibrate one pipeline at a time.")
+    # the same slices twice would make the bound falsely tight: refused however the path is spelt
+    again = result.parent / ".." / result.parent.name / result.name
+    expect_bad(tmp_path, capsys, ["calibrate", result, again, "--alpha", "0.2", "--out", tmp_path / "c.json"], again,
+               "given twice")
+    expect_bad(tmp_path, capsys, ["calibrate", result, result, "--alpha", "0.2", "--out", tmp_path / "c.json"], result,
+               "given twice")
+
+
+def test_pipeline_difference_names_each_field():
+    base = calib.pipeline("dds", 2, 1, "radon", "abc", {"steps": 2, "guidance": None, "options": {"eta": 0.85}})
+    other = calib.pipeline("dps", 2, 3, "mri", None, {"steps": 2, "guidance": None, "options": {"eta": 0.5, "x": 1}})
+    ours, theirs = calib.pipeline_difference(other, base)
+    assert ours == "--solver dps and --std-window 3 and the mri operator and a prior of unrecorded weights and " \
+                   "--option eta=0.5 and --option x=1"
+    assert theirs == "--solver dds and --std-window 1 and the radon operator and the prior abc... and " \
+                     "--option eta=0.85 and no option x"
+    assert calib.pipeline_difference({**base, "solver_settings": None}, base) == (
+        "unrecorded solver settings", "other solver settings")
+
+
+def test_a_calibration_folder_is_named_as_a_folder(fitted, tmp_path, capsys):
+    root, prior, meas, result, out = fitted
+    folder = tmp_path / "cals"
+    folder.mkdir()
+    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *RECON, "--calibration", folder,
+                                  "--out", tmp_path / "r.h5"], folder, "is a folder")
+
+
+def test_calibrate_refuses_nan_in_the_ground_truth(fitted, tmp_path, capsys):
+    """QA D7: the reference's NaN is named where the measurement is read."""
+    root, prior, meas, result, out = fitted
+    bad = tmp_path / "nan.h5"
+    with h5py.File(meas, "r") as f, h5py.File(bad, "w") as g:
+        for key in f:
+            g[key] = f[key][()]
+        g.attrs.update(f.attrs)
+        truth = g["ground_truth"][()]
+        truth[3, 4, 5] = np.nan
+        del g["ground_truth"]
+        g["ground_truth"] = truth
+    expect_bad(tmp_path, capsys, ["calibrate", result, "--reference", bad, "--out", tmp_path / "c.json"], bad,
+               "dataset 'ground_truth' holds 1 NaN or Inf values")
+
+
+def test_calibrate_on_a_full_disk_names_the_json(fitted, tmp_path, capsys, monkeypatch):
+    """QA D2: a failed write of the calibration file is exit 2 naming it, with nothing left behind."""
+    import errno
+    import os
+
+    root, prior, meas, result, out = fitted
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    expect_bad(tmp_path, capsys, ["calibrate", result, "--alpha", "0.2", "--out", tmp_path / "c.json", "-q"],
+               tmp_path / "c.json", "cannot write the output (No space left on device)")

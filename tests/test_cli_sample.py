@@ -60,6 +60,9 @@ def test_sample_writes_samples_and_provenance(tiny_prior, tmp_path, capsys):
     (["--steps", "0"], "--steps"),
     (["--guidance", "2"], "--class-label"),
     (["--class-label", "1"], "unconditional"),
+    (["--image-size", "100000"], "--image-size 100000: a 100000x100000 sample is too large for this machine's"),
+    (["-n", "1000000000000"], "-n 1000000000000: 1000000000000 samples of 16x16 take"),
+    (["--image-size", "1024", "--batch-size", "10000", "-n", "10000"], "lower --batch-size"),
 ])
 def test_sample_bad_input_exits_2_and_writes_nothing(tiny_prior, tmp_path, capsys, args, fragment):
     out = tmp_path / "s.h5"
@@ -67,6 +70,20 @@ def test_sample_bad_input_exits_2_and_writes_nothing(tiny_prior, tmp_path, capsy
     assert code == 2
     assert fragment in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_sample_refuses_output_larger_than_the_free_disk_space(tiny_prior, tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    out = tmp_path / "new" / "s.h5"  # the nearest existing folder is checked
+    code = run_app(app, ["sample", "--prior", str(tiny_prior), "-n", "4", "--out", str(out), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"invdiff: error: {out}: 4 samples of 16x16 take") and f"free in {tmp_path}." in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_likelihood_reports_bits_per_dim(tiny_prior, tmp_path, capsys):

@@ -201,8 +201,45 @@ def test_solver_settings_refused_with_a_classical_method(tmp_path, brain64, caps
     meas = tmp_path / "m.h5"
     assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
     out = tmp_path / "out.h5"
-    for extra in (["--steps", "-1"], ["--guidance", "2"], ["--option", "snr=0.1"]):
+    for extra in (["--steps", "-1"], ["--guidance", "2"], ["--option", "snr=0.1"], ["--samples", "4"], ["--keep-samples"]):
         assert "--method" in _bad(tmp_path, capsys, "reconstruct", meas, "--method", "tv", *extra, "--out", out)
+    # --filter sets the FBP window: fbp returns it and tv starts from it; sirt and cgls start from zero
+    for method in ("sirt", "cgls"):
+        assert "--method " + method in _bad(tmp_path, capsys, "reconstruct", meas, "--method", method, "--filter", "hann", "--out", out)
+    assert invdiff("reconstruct", meas, "--method", "fbp", "--filter", "hann", "--out", out, "-q") == 0
+
+
+def test_an_option_given_twice_is_refused(tmp_path, brain64, capsys):
+    meas = tmp_path / "m.h5"
+    assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
+    message = _bad(tmp_path, capsys, "reconstruct", meas, "--solver", "diffpir", "--option", "classical_weight=0",
+                   "--option", "classical-weight=1", "--out", tmp_path / "o.h5")
+    assert "--option classical_weight given twice" in message
+
+
+@pytest.mark.parametrize("command, option, name, kind", [
+    ("simulate", "--out", "o.png", "HDF5"), ("simulate", "--out", "o.npy", "HDF5"), ("simulate", "--out", "o.nii.gz", "HDF5"),
+    ("reconstruct", "--out", "o.JPG", "HDF5"), ("reconstruct", "--out", "o.json", "HDF5"),
+    ("reconstruct", "--png", "p.jpg", "PNG"), ("reconstruct", "--png", "p", "PNG"),
+    ("sample", "--out", "s.tif", "HDF5"), ("sample", "--png", "g.tiff", "PNG"),
+])
+def test_an_output_named_for_another_format_is_refused(tmp_path, brain64, capsys, command, option, name, kind):
+    """An HDF5 --out named .png (or .npy, .json, ...) and a --png that is not .png are refused
+    before any work, rather than written in a format their name denies."""
+    meas = tmp_path / "m.h5"
+    assert invdiff("simulate", brain64, "--operator", "radon", "--views", "10", "--out", meas, "-q") == 0
+    path = tmp_path / name
+    args = {
+        "simulate": ["simulate", brain64, "--out", path if option == "--out" else tmp_path / "o.h5"],
+        "reconstruct": ["reconstruct", meas, "--method", "fbp", "--out", path if option == "--out" else tmp_path / "o.h5",
+                        *(["--png", path] if option == "--png" else [])],
+        "sample": ["sample", "--prior", tmp_path / "no_prior", "-n", "1", "--out", path if option == "--out" else tmp_path / "s.h5",
+                   *(["--png", path] if option == "--png" else [])],
+    }[command]
+    message = _bad(tmp_path, capsys, *args)
+    suffix = ".h5" if kind == "HDF5" else ".png"
+    assert message == f"invdiff: error: {path}: {option} is a{'n' if kind == 'HDF5' else ''} {kind} file; give a name ending in {suffix}."
+    assert invdiff("simulate", brain64, "--out", tmp_path / "plain", "-q") == 0  # no suffix, or .h5/.hdf5, is taken
 
 
 def test_console_script_exit_code(tmp_path):
@@ -217,19 +254,38 @@ def test_console_script_exit_code(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, phrase",
+    "args, phrase, command",
     [
-        (["reconstruct", "x.h5", "--steps", "abc"], "Invalid value for '--steps'"),
-        (["reconstruct", "--nonsense"], "No such option: --nonsense"),
-        (["simulate"], "Missing argument"),
-        (["frobnicate"], "No such command"),
+        (["reconstruct", "x.h5", "--steps", "abc"], "invalid value for '--steps' ('abc')", "invdiff reconstruct"),
+        (["simulate", "x.npy", "--views=abc"], "invalid value for '--views' ('abc')", "invdiff simulate"),
+        (["reconstruct", "--nonsense"], "no such option: --nonsense", "invdiff reconstruct"),
+        (["simulate", "x.npy", "--views"], "option '--views' requires an argument", "invdiff simulate"),
+        (["simulate"], "missing argument 'image'", "invdiff simulate"),
+        (["frobnicate"], "no such command 'frobnicate'", "invdiff"),
     ],
 )
-def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, args, phrase):
-    """Typer's usage errors (its own vendored click, or click itself) are exit code 2, one message."""
+def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, args, phrase, command):
+    """Typer's usage errors (its own vendored click, or click itself) are exit code 2 and one
+    line in the ``invdiff: error:`` format: click's message and where the help is."""
     assert invdiff(*args) == 2
     err = capsys.readouterr().err
-    assert phrase in err and "Traceback" not in err and "internal error" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"invdiff: error: {phrase}") and lines[0].endswith(f"see {command} --help)."), err
+    assert "Traceback" not in err and "internal error" not in err
+
+
+def test_a_mistyped_option_names_the_similar_ones(capsys):
+    assert invdiff("reconstruct", "x.h5", "--jsn") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("invdiff: error: no such option: --jsn (options with similar names: --json")
+    assert err.strip().endswith("; see invdiff reconstruct --help).")
+
+
+def test_invdiff_alone_prints_the_help(capsys):
+    assert invdiff() == 2
+    captured = capsys.readouterr()
+    assert "Commands" in captured.out + captured.err and "invdiff: error" not in captured.err
 
 
 def test_info_solvers_lists_options_and_tuned_defaults(capsys):
@@ -266,3 +322,22 @@ def test_info_describes_a_dicom_series_folder_and_refuses_other_folders(tmp_path
     assert invdiff("info", other) == 2
     err = capsys.readouterr().err
     assert str(other) in err and "neither a prior" in err and "Traceback" not in err
+
+
+def test_provenance_summarises_the_operators_arrays_it_does_not_hold(tmp_path, brain64):
+    """The result file holds no copy of the mask or PSF, so its provenance gives each array's
+    shape and checksum instead of a reference to a dataset the file lacks."""
+    import hashlib
+
+    for operator, options, method, key in (("blur", ["--psf", "gaussian:1.5"], "wiener", "psf"),
+                                            ("mri", ["--acceleration", "4"], "zero-filled", "mask")):
+        sim, rec = tmp_path / f"{operator}.h5", tmp_path / f"{operator}_r.h5"
+        assert invdiff("simulate", brain64, "--operator", operator, *options, "--noise-std", "0.01", "--out", sim, "-q") == 0
+        assert invdiff("reconstruct", sim, "--method", method, "--out", rec, "-q") == 0
+        with h5py.File(sim) as f:
+            array = np.ascontiguousarray(f[key][()])
+        with h5py.File(rec) as f:
+            entry = json.loads(f.attrs["invdiff_provenance"])["operator"]["params"][key]
+            assert f"params/{key}" not in f
+        assert "$array" not in entry and entry["shape"] == list(array.shape)
+        assert entry["sha256"] == hashlib.sha256(array.tobytes()).hexdigest()

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
+from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless
 
 from helpers_cli import ct_slice
 from invdiff.errors import InputError
@@ -116,11 +116,65 @@ def test_series_folder_with_uid_names_and_a_non_image_object(tmp_path):
     ds = pydicom.dcmread(report)
     for name in ("PixelData", "Rows", "Columns"):
         delattr(ds, name)
-    ds.save_as(report)  # like a structured report: no image
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = BasicTextSRStorage
+    ds.save_as(report)  # a structured report: no image
     (tmp_path / "README").write_text("not DICOM")
     stack = read_images(tmp_path)
     np.testing.assert_array_equal(stack.data, np.stack(slices) * 2.0 - 1024.0)
     assert [s.data.shape for s in read_image_paths([tmp_path])] == [(2, 16, 12)]
+
+
+def test_series_file_cut_before_its_image_is_refused_by_name(tmp_path):
+    """A series file whose header survives but whose image attributes and pixels do not (an
+    interrupted copy: `head -c 400`) is an InputError naming it, not a slice left out in silence;
+    in a lenient batch read its series fails alone. A file that is not DICOM at all, without a
+    DICOM suffix, stays ignored."""
+    rng = np.random.default_rng(15)
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):
+        make_ct_slice(series / f"IM{k:05d}.dcm", stored_slice(rng), z=float(k), instance=k + 1)
+    (series / "zz.dcm").write_bytes((series / "IM00000.dcm").read_bytes()[:400])
+    (series / "notes").write_bytes(b"not DICOM" * 50)
+    with pytest.raises(InputError, match=r"zz\.dcm: a CT Image Storage file .*truncated"):
+        read_images(series)
+    with pytest.raises(InputError, match=r"zz\.dcm.*truncated"):
+        read_image_paths([series])
+    other = tmp_path / "other"
+    other.mkdir()
+    make_ct_slice(other / "a.dcm", stored_slice(rng), series_uid="1.2.3.4.5")
+    failures: list = []
+    stacks = read_image_paths([tmp_path], failures=failures)
+    assert [s.data.shape[0] for s in stacks] == [1] and len(failures) == 1 and "zz.dcm" in failures[0][1]
+    (series / "zz.dcm").write_bytes((series / "IM00000.dcm").read_bytes()[:300])  # cut inside the file meta
+    with pytest.raises(InputError, match=r"zz\.dcm.*truncated"):
+        read_images(series)
+    (series / "zz.dcm").unlink()
+    assert read_images(series).data.shape == (3, 16, 12)
+
+
+def test_two_files_at_one_slice_position_are_refused_naming_both(tmp_path):
+    """A re-exported slice (another SOPInstanceUID, the same position) or a plain copy (the same
+    SOPInstanceUID) is refused, naming both files (and the position); slices that all lie at one
+    position (a cine or multi-echo series of one slice) keep the InstanceNumber order."""
+    rng = np.random.default_rng(16)
+    slices = [stored_slice(rng) for _ in range(3)]
+    for k, s in enumerate(slices):
+        make_ct_slice(tmp_path / f"f{k}.dcm", s, z=2.5 * k, instance=k + 1)
+    make_ct_slice(tmp_path / "g.dcm", slices[1], z=2.5, instance=9)
+    with pytest.raises(InputError, match=r"g\.dcm: lies at the same slice position as f1\.dcm \(2\.5 mm"):
+        read_images(tmp_path)
+    (tmp_path / "g.dcm").unlink()
+    shutil.copy(tmp_path / "f1.dcm", tmp_path / "h.dcm")
+    with pytest.raises(InputError, match=r"h\.dcm: is the same DICOM instance as f1\.dcm"):
+        read_images(tmp_path)
+    (tmp_path / "h.dcm").unlink()
+    assert read_images(tmp_path).data.shape == (3, 16, 12)
+    cine = tmp_path / "cine"
+    cine.mkdir()
+    for k, s in enumerate(slices):
+        make_ct_slice(cine / f"t{k}.dcm", s, z=0.0, instance=3 - k)
+    np.testing.assert_array_equal(read_images(cine).data, np.stack(slices[::-1]) * 2.0 - 1024.0)
 
 
 def test_series_with_inconsistent_slice_sizes(tmp_path):

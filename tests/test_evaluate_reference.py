@@ -92,3 +92,25 @@ def test_info_gives_the_signed_range_of_real_data_and_the_magnitude_range_of_com
     assert invdiff("info", kspace, "--json") == 0
     data = json.loads(capsys.readouterr().out)["data"]
     assert "min" not in data and 0 <= data["abs_min"] < data["abs_max"]
+
+
+def test_key_chooses_the_dataset_of_a_measurement_reference(tmp_path, capsys):
+    """--key is honoured for a simulated measurement as for any HDF5 reference: the dataset it
+    names is the reference (a missing one names the file); without it, the ground truth."""
+    from helpers_cli import brain32, expect_bad
+
+    np.save(tmp_path / "img.npy", brain32(1))
+    sino, recon = tmp_path / "sino.h5", tmp_path / "fbp.h5"
+    assert invdiff("simulate", tmp_path / "img.npy", "--views", "20", "--noise-rel", "0.01", "--out", sino, "-q") == 0
+    assert invdiff("reconstruct", sino, "--method", "fbp", "--out", recon, "-q") == 0
+    default = _scores(capsys, recon, "--reference", sino)
+    assert _scores(capsys, recon, "--reference", sino, "--key", "ground_truth") == default
+    expect_bad(tmp_path, capsys, ["evaluate", recon, "--reference", sino, "--key", "nope", "--json"], sino,
+               "HDF5 has no dataset 'nope'")
+    message = expect_bad(tmp_path, capsys, ["evaluate", recon, "--reference", sino, "--key", "sinogram"], sino, "shape")
+    assert "(1, 20, 46)" in message  # the sinogram was read, not the ground truth
+    # another image under another key of the same file: scored against it, residual still from the file
+    with h5py.File(sino, "r+") as f:
+        f["other"] = f["ground_truth"][()] * 0.5
+    other = _scores(capsys, recon, "--reference", sino, "--key", "other")
+    assert other["nmse"] != pytest.approx(default["nmse"]) and other["residual"] == pytest.approx(default["residual"])

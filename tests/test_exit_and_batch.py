@@ -121,6 +121,39 @@ def test_every_command_takes_device_and_seed():
         assert {"--device", "--seed", "--json", "--quiet"} <= options, (name, sorted(options))
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**63 - 1), str(2**64), "99999999999999999999999"])
+def test_a_seed_out_of_range_is_one_sentence_on_every_command(batch, tmp_path, capsys, seed):
+    """--seed is checked once, where the option is declared (invdiff.cli.common.check_seed): the
+    range every consumer takes, 0 to 2**63 - 2 (train also seeds a generator with seed + 1)."""
+    img, meas = batch / "img.npy", batch / "in" / "a.h5"
+    commands = {
+        "simulate": ["simulate", img, "--out", tmp_path / "m.h5"],
+        "reconstruct": ["reconstruct", meas, "--method", "fbp", "--out", tmp_path / "r.h5"],
+        "sample": ["sample", "--out", tmp_path / "s.h5"],
+        "train": ["train", img, "--out", tmp_path / "prior"],
+        "likelihood": ["likelihood", img],
+        "evaluate": ["evaluate", tmp_path / "r.h5"],
+        "calibrate": ["calibrate", tmp_path / "r.h5", "--out", tmp_path / "c.json"],
+        "info": ["info", meas],
+    }
+    assert set(commands) == set(typer.main.get_command(app).commands)
+    for args in commands.values():
+        message = expect_bad(tmp_path, capsys, [*args, "--seed", seed, "--device", "cpu", "-q"], "--seed")
+        assert message == f"--seed must be a whole number from 0 to {2**63 - 2}, got {seed}."
+
+
+def test_the_largest_seed_works_where_seeds_are_used(batch, tmp_path):
+    """2**63 - 2 seeds every generator: an MRI mask (numpy's RandomState takes 32-bit seeds; the
+    seed is folded into them) and training (whose noise generator takes seed + 1)."""
+    top = str(2**63 - 2)
+    for mask in ("random", "equispaced", "poisson"):
+        assert invdiff("simulate", batch / "img.npy", "--operator", "mri", "--mask", mask, "--noise-std", "0.01",
+                       "--seed", top, "--out", tmp_path / f"{mask}.h5", "-q") == 0
+    np.save(tmp_path / "train.npy", np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
+    assert invdiff("train", tmp_path / "train.npy", "--out", tmp_path / "prior", *TINY, "--steps", "1",
+                   "--seed", top, "--device", "cpu") == 0
+
+
 def test_device_is_checked_on_commands_that_compute_on_the_cpu(batch, tmp_path, capsys):
     expect_bad(tmp_path, capsys, ["info", batch / "mri.h5", "--device", "tpu"], "tpu")
 

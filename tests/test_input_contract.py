@@ -88,6 +88,22 @@ def test_bad_foreign_measurement(tmp_path, capsys, name):
     assert "sinogram must be" not in message  # a garbage TIFF is not blamed on its shape
 
 
+def test_a_foreign_blurred_image_needs_its_psf(world, tmp_path, capsys):
+    """A blurred image in an .npy/.tif file carries no PSF: reconstruct asks for it rather than
+    silently deconvolving with one of its own choosing; given, it is recorded and used."""
+    with h5py.File(world / "blur.h5") as f:
+        np.save(tmp_path / "fb.npy", f["image"][()])
+    args = ["reconstruct", tmp_path / "fb.npy", "--operator", "blur", "--method", "wiener", "--out", tmp_path / "r.h5",
+            "-q", "--device", "cpu"]
+    message = expect_bad(tmp_path, capsys, args, tmp_path / "fb.npy", "carries no PSF")
+    assert "--psf" in message
+    assert invdiff(*args, "--psf", "gaussian:1.5") == 0
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f["reconstruction"].shape == (2, 32, 32)
+    assert invdiff(*args[:-5], "--operator-params", '{"psf": [[0, 1, 0], [1, 4, 1], [0, 1, 0]]}', "--out",
+                   tmp_path / "r2.h5", "-q", "--device", "cpu") == 0
+
+
 def test_foreign_batch_does_not_share_the_first_files_views(tmp_path):
     """The views of a foreign sinogram come from its own shape, not from the one before it."""
     rng = np.random.default_rng(0)

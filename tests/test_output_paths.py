@@ -10,9 +10,12 @@ unwritable folder (and /sys where it refuses root).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -311,3 +314,191 @@ def test_prior_that_is_a_file_says_so(work, capsys):
     message = expect_bad(work, capsys, ["reconstruct", work / "ct.h5", "--prior", work / "img.npy", "--steps", "2",
                                         "--out", work / "r.h5", *CPU], work / "img.npy", "is a file")
     assert "does not exist" not in message
+
+
+# --- 4. an output that is a device, FIFO or socket is refused, never replaced (QA D1) -----------
+
+SPECIAL = "is not a regular file"
+
+
+@pytest.fixture
+def pipes(tmp_path_factory):
+    """A folder outside `work` for FIFOs: expect_bad's snapshot reads every file under its root,
+    and reading a FIFO with no writer would block."""
+    return tmp_path_factory.mktemp("pipes")
+
+
+def _fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def _is_fifo(path: Path) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+def _special_cases(w: Path, fifo: Path) -> dict[str, list]:
+    """Each output option of each command, given ``fifo`` as its path."""
+    ct, prior = w / "ct.h5", w / "prior"
+    recon = ["reconstruct", ct, "--method", "fbp", *CPU]
+    sample = ["sample", "--prior", prior, "-n", "1", "--steps", "2", *CPU]
+    return {
+        "simulate --out": ["simulate", w / "img.npy", "--views", "10", "--out", fifo, *CPU],
+        "reconstruct --out": [*recon, "--out", fifo],
+        "reconstruct --png": [*recon, "--out", w / "r.h5", "--png", fifo],
+        "calibrate --out": ["calibrate", ct, "--reference", w / "img.npy", "--out", fifo],
+        "sample --out": [*sample, "--out", fifo],
+        "sample --png": [*sample, "--out", w / "s.h5", "--png", fifo],
+    }
+
+
+@pytest.mark.parametrize("case", list(_special_cases(Path("w"), Path("f"))))
+def test_output_that_is_a_fifo_is_refused_up_front(work, pipes, capsys, case):
+    name = "out.png" if "--png" in case else "out.json" if "calibrate" in case else "out.h5"  # the name its format takes
+    fifo = _fifo(pipes / name)
+    expect_bad(work, capsys, _special_cases(work, fifo)[case], fifo, SPECIAL)
+    assert _is_fifo(fifo) and sorted(p.name for p in pipes.iterdir()) == [name]
+
+
+def test_output_that_links_to_a_fifo_is_refused(work, pipes, capsys):
+    fifo = _fifo(pipes / "out.fifo")
+    link = pipes / "link.h5"
+    link.symlink_to(fifo)
+    expect_bad(work, capsys, _special_cases(work, link)["simulate --out"], link, SPECIAL)
+    assert link.is_symlink() and _is_fifo(fifo)
+
+
+def test_train_output_folder_holding_a_fifo_is_refused_before_training(work, pipes, capsys, monkeypatch):
+    import invdiff.prior.train as training
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started although an output is a FIFO")
+
+    monkeypatch.setattr(training, "train", never)
+    fifo = _fifo(pipes / "tp" / "training_log.csv")
+    expect_bad(work, capsys, ["train", work / "train.npy", "--out", pipes / "tp", *TRAIN_TINY, "--steps", "2"],
+               fifo, SPECIAL)
+    assert _is_fifo(fifo)
+
+
+def test_atomic_writes_never_replace_a_fifo(tmp_path):
+    """The writer's own check, for callers that skip the command's up-front one: before the
+    temporary is made, and again just before the rename."""
+    from invdiff.io.atomic import atomic_path, atomic_paths, atomic_write_text
+
+    fifo = _fifo(tmp_path / "f")
+    with pytest.raises(InputError, match=f"f: output exists and {SPECIAL} \\(a device or pipe\\); give a file path"):
+        atomic_write_text(fifo, "x")
+    with pytest.raises(InputError, match=SPECIAL), atomic_paths([tmp_path / "a.txt", fifo]):
+        pass
+    late = tmp_path / "late"
+    with pytest.raises(InputError, match=SPECIAL), atomic_path(late) as tmp:
+        tmp.write_text("x")
+        os.mkfifo(late)  # the target turns into a FIFO while the output is written
+    assert _is_fifo(fifo) and _is_fifo(late)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "late"]
+
+
+# --- 5. a full disk while an output is written: exit 2 naming it, nothing left (QA D2) ------------
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _FillingFile:
+    """A file whose writes fail with ENOSPC once ``room`` bytes have been written, as on a disk
+    that fills up; reads, seeks and the rest go to the real file."""
+
+    def __init__(self, fh, room: int):
+        self._fh, self._room = fh, room
+
+    def write(self, data) -> int:
+        size = len(memoryview(data))
+        if size > self._room:
+            _enospc()
+        self._room -= size
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _disk_with_room(monkeypatch, room: int) -> None:
+    """The HDF5 writer's files (invdiff/io/hdf5.py opens them) fill up after ``room`` bytes."""
+    import builtins
+
+    import invdiff.io.hdf5 as hdf5
+
+    monkeypatch.setattr(hdf5, "open", lambda *a, **k: _FillingFile(builtins.open(*a, **k), room), raising=False)
+
+
+def test_result_write_on_a_full_disk_is_an_input_error_at_every_point(tmp_path, monkeypatch):
+    """Whichever write fails (a dataset, the metadata written when the file is closed), the
+    result is an InputError naming the output, no file is left, and the interpreter survives
+    (a failed close used to leave an HDF5 file id that crashed it at exit)."""
+    import gc
+
+    from invdiff.io.hdf5 import read_result, write_result
+
+    rec = np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)
+    write_result(tmp_path / "whole.h5", rec, std=rec, provenance={"k": "x" * 500})
+    size = (tmp_path / "whole.h5").stat().st_size  # less room than this can never hold the file
+    out = tmp_path / "o.h5"
+    with monkeypatch.context() as patch:
+        for room in range(0, size, 499):
+            _disk_with_room(patch, room)
+            with pytest.raises(InputError, match=r"o.h5: cannot write the output \(No space left on device\)\.$"):
+                write_result(out, rec, std=rec, provenance={"k": "x" * 500})
+            assert [p.name for p in tmp_path.iterdir()] == ["whole.h5"]
+        gc.collect()
+        _disk_with_room(patch, 1 << 30)
+        write_result(out, rec, std=rec)
+    assert np.array_equal(read_result(out)["std"], rec)
+
+
+def test_simulate_on_a_full_disk_exits_2_in_a_real_process(work):
+    """The whole command in a child process: exit code 2 (no crash at exit: a segfault is 139)."""
+    script = ("import builtins, errno, os, sys\n"
+              "import invdiff.io.hdf5 as hdf5\n"
+              "class Full:\n"
+              "    def __init__(self, fh): self._fh = fh\n"
+              "    def write(self, data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+              "    def __getattr__(self, name): return getattr(self._fh, name)\n"
+              "hdf5.open = lambda *a, **k: Full(builtins.open(*a, **k))\n"
+              "from invdiff.cli import app\n"
+              "from invdiff.cli.common import run_app\n"
+              "sys.exit(run_app(app, sys.argv[1:]))\n")
+    child = subprocess.run([sys.executable, "-c", script, "simulate", "img.npy", "--views", "10", "--out", "o.h5", *CPU],
+                           cwd=work, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.returncode == 2, child.stderr
+    assert child.stderr.strip() == "invdiff: error: o.h5: cannot write the output (No space left on device)."
+    assert not (work / "o.h5").exists() and not list(work.glob(".o.h5*"))
+
+
+def test_reconstruct_on_a_full_disk_names_the_result(work, capsys, monkeypatch):
+    _disk_with_room(monkeypatch, 2000)
+    expect_bad(work, capsys, _recon_all(work), work / "r.h5", "cannot write the output (No space left on device)")
+
+
+def test_dicom_series_on_a_full_disk_names_the_folder(work, capsys, monkeypatch):
+    from pydicom.dataset import Dataset
+
+    monkeypatch.setattr(Dataset, "save_as", _enospc)
+    expect_bad(work, capsys, _recon_all(work), work / "dcm", "cannot write the DICOM series (No space left on device)")
+
+
+def test_json_on_a_full_disk_is_an_input_error(tmp_path, monkeypatch):
+    from invdiff.io.atomic import atomic_write_text
+
+    monkeypatch.setattr(Path, "write_bytes", _enospc)
+    with pytest.raises(InputError, match=r"c.json: cannot write the output \(No space left on device\)\.$"):
+        atomic_write_text(tmp_path / "c.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rename_on_a_full_disk_names_the_output(work, capsys, monkeypatch):
+    _fail_rename_onto(monkeypatch, "r.h5")
+    expect_bad(work, capsys, _recon_all(work), work / "r.h5", "cannot write the output (No space left on device)")

@@ -69,3 +69,52 @@ def test_ddp_matches_single_process(tmp_path):
 
         start = build_model(init).state_dict()
         assert any(not torch.equal(start[k], a[k]) for k in a)  # training moved the weights
+
+
+def _diverging_worker(rank: int, world: int, port: int, out: str, results) -> None:
+    """Rank 1's training loss turns NaN at step 3 (of 4; checks at steps 2 and 4); rank 0's stays
+    finite until the averaged NaN gradients reach its weights."""
+    import invdiff.prior.train as train_module
+    from invdiff.errors import InputError
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    real, calls = train_module.make_loss, [0]
+
+    def make_loss(kind, noise):
+        loss = real(kind, noise)
+        compute = loss.compute
+
+        def nan_on_rank_1(*args, **kwargs):
+            value = compute(*args, **kwargs)
+            if torch.is_grad_enabled():
+                calls[0] += 1
+                if rank == 1 and calls[0] == 3:
+                    return value * float("nan")
+            return value
+
+        loss.compute = nan_on_rank_1
+        return loss
+
+    train_module.make_loss = make_loss
+    train_set, norm = data()
+    try:
+        train(settings(), train_set, out, norm=norm, data_summary={})
+        results[rank] = "finished"
+    except InputError as exc:
+        results[rank] = str(exc)
+
+
+def test_ddp_divergence_stops_every_rank_at_the_same_step(tmp_path):
+    """A NaN loss on one rank stops all of them with the same sentence (the first bad step over
+    all ranks), and the last good checkpoint (step 2) stays."""
+    from invdiff.prior.store import load_prior
+
+    manager = mp.Manager()
+    results = manager.dict()
+    out = tmp_path / "ddp"
+    mp.spawn(_diverging_worker, args=(2, _free_port(), str(out), results), nprocs=2, join=True)
+    message = "training diverged at step 3 (loss is NaN); lower --lr or check the data."
+    assert dict(results) == {0: message, 1: message}
+    assert load_prior(out).config["training"]["steps_done"] == 2

@@ -43,8 +43,8 @@ def calibrate(
     import invdiff
     from invdiff.io.atomic import atomic_write_text
     from invdiff.io.hdf5 import read_result
-    from invdiff.pipeline.calibration import (Calibration, calibrate as fit, check_alpha, mean_settings, operator_settings,
-                                              pipeline_of)
+    from invdiff.pipeline.calibration import (Calibration, calibrate as fit, check_alpha, check_calibration, mean_settings,
+                                              operator_settings, pipeline_difference, pipeline_of)
     from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume, require_reference, result_units
     from invdiff.pipeline.inputs import HDF5_SUFFIXES
 
@@ -55,6 +55,12 @@ def calibrate(
         files.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in HDF5_SUFFIXES) if p.is_dir() else [p])
     if not files:
         raise InputError(f"{results[0]}: folder holds no .h5 result files.")
+    seen: dict[Path, Path] = {}
+    for path in files:  # the same slices counted twice would make the bound falsely tight
+        other = seen.setdefault(path.resolve(), path)
+        if other is not path:
+            also = "" if str(other) == str(path) else f" (also as {other})"
+            raise InputError(f"{path}: given twice{also}; each result may count once.")
     refuse_clobbering(files + ([reference] if reference is not None else []), [out])
     if reference is not None and len(files) > 1:
         raise InputError("--reference is for one result; results of simulated inputs take each input's ground truth.")
@@ -71,8 +77,8 @@ def calibrate(
         if first is None:
             first = pipeline
         elif pipeline != first:
-            differ = [k for k in first if first[k] != pipeline[k]]
-            raise InputError(f"{path}: made with another {', '.join(differ)} than {files[0]}; calibrate one pipeline at a time.")
+            this, that = pipeline_difference(pipeline, first)
+            raise InputError(f"{path}: made with {this}, {files[0]} with {that}; calibrate one pipeline at a time.")
         if res["std"] is None:
             raise InputError(f"{path}: holds no 'std'; reconstruct with a prior and --samples 2 or more.")
         ref_path = require_reference(reference_path(path, prov, reference))
@@ -82,9 +88,14 @@ def calibrate(
                              f"{res['reconstruction'].shape}.")
         images.extend(zip(truth, res["reconstruction"], res["std"]))
     scale, risk_cal, risk_raw = fit(images, alpha, z)
+    if scale == 0:
+        raise InputError(f"the reconstructions equal their references exactly on at least {1 - alpha:.0%} of the pixels, "
+                         "so the fitted std scale is 0, which would report no uncertainty at all; calibrate on results "
+                         "whose errors are not zero, or lower --alpha.")
     cal = Calibration(scale=scale, alpha=alpha, z=z, images=len(images), risk_calibrated=risk_cal,
                       risk_uncalibrated=risk_raw, operator_settings=mean_settings(settings), sources=[str(f) for f in files],
                       invdiff_version=invdiff.__version__, **first)
+    check_calibration(cal, out)  # never write a file that `reconstruct --calibration` would refuse
     atomic_write_text(out, cal.to_json())
     if json_out:
         emit_json({"out": str(out), **{k: v for k, v in vars(cal).items() if k != "sources"}})

@@ -21,14 +21,27 @@ from invdiff.errors import InputError
 #: ``typer.BadParameter`` so the CLI needs no separate click install and works with both.
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
+#: the largest --seed: every consumer takes it (torch generators take 64-bit seeds; train also
+#: seeds a second generator with seed + 1, and numpy's legacy RandomState with seed mod 2**32)
+SEED_MAX = 2**63 - 2
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` if it is a --seed every command can use (0 to SEED_MAX); else InputError. The
+    --seed option's callback: checked once, as the command line is parsed."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"--seed must be a whole number from 0 to {SEED_MAX}, got {seed}.")
+    return seed
+
+
 # --- options every command declares the same way ---------------------------------------
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: cuda when available).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; the same seed and device give the same result.")]
+SeedOpt = Annotated[int, typer.Option("--seed", callback=check_seed, help=f"Random seed, 0 to {SEED_MAX}; the same seed and device give the same result.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
 # the --device and --seed every command takes (DESIGN.md section 1), on a command that has no use for them
 AcceptedDeviceOpt = Annotated[str, typer.Option("--device", help="Accepted as on every command (auto, cpu, cuda); this command computes on the CPU.")]
-AcceptedSeedOpt = Annotated[int, typer.Option("--seed", help="Accepted as on every command; this command draws no random numbers.")]
+AcceptedSeedOpt = Annotated[int, typer.Option("--seed", callback=check_seed, help="Accepted as on every command; this command draws no random numbers.")]
 Bf16Opt = Annotated[bool, typer.Option("--bf16", help="Run the prior's network in bfloat16 (channels-last): 2-3x faster on CPUs with AMX or AVX512-BF16, results within a few hundredths of a dB (BENCHMARKS.md); the data-consistency steps stay float32.")]
 
 
@@ -42,7 +55,10 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except ClickException as exc:  # usage errors, bad option values, missing files
-        exc.show()
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `invdiff`: the help, as click shows it
+            exc.show()
+        else:
+            _error(usage_message(exc, sys.argv[1:] if argv is None else argv))
         return 2
     except typer.Abort:
         _error("aborted.")
@@ -61,6 +77,42 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     if code == 130:
         _error("interrupted.")
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def usage_message(exc: Exception, argv: list[str]) -> str:
+    """Click's usage error as one sentence of the ``invdiff: error:`` format: its own message
+    (first letter lower case, the value given added to a bad option value) and where the help
+    is, ``(see invdiff simulate --help)``, in place of click's three lines (usage, hint, error)."""
+    def lower(text: str) -> str:  # "Invalid value" -> "invalid value"; "HDF5" stays
+        return text[0].lower() + text[1:] if text[:1].isupper() and text[1:2].islower() else text
+
+    similar = getattr(exc, "possibilities", None)  # NoSuchOption: click's guesses at the option meant
+    message = (str(exc.message) if similar else exc.format_message()).strip().rstrip(".")
+    param = getattr(exc, "param", None)
+    if type(exc).__name__ == "BadParameter" and param is not None:
+        value = _given_value(list(getattr(param, "opts", [])), argv)
+        if value is not None and repr(value) not in message:
+            head, sep, tail = message.partition(": ")
+            message = f"{head} ({value!r}){sep}{lower(tail)}" if sep else f"{message} ({value!r})"
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else " ".join(["invdiff", *[a for a in argv[:1] if not a.startswith("-")]])
+    hint = f"see {command} --help"
+    if similar:
+        hint = f"options with similar names: {', '.join(sorted(similar))}; {hint}"
+    return f"{lower(message)} ({hint})."
+
+
+def _given_value(flags: list[str], argv: list[str]) -> str | None:
+    """The value last given on the command line to an option of ``flags`` (``--views abc`` or
+    ``--views=abc``), or None."""
+    value = None
+    for i, word in enumerate(argv):
+        for flag in flags:
+            if word == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif word.startswith(flag + "="):
+                value = word[len(flag) + 1:]
+    return value
 
 
 def _error(message: str) -> None:
@@ -183,6 +235,22 @@ def require_file(path: Path, what: str = "input") -> Path:
     return path
 
 
+#: name endings of the other formats invdiff reads or writes: an HDF5 output named so is a mistake
+OTHER_FORMAT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".dcm", ".nii", ".nii.gz", ".json")
+
+
+def check_suffix(path: Path, option: str, kind: str) -> Path:
+    """InputError for an output file whose name says another format than the one written:
+    ``kind`` "hdf5" refuses a name ending in one of OTHER_FORMAT_SUFFIXES (any other, .h5 or
+    none, is taken), "png" any name that does not end in .png."""
+    name = path.name.lower()
+    if kind == "png" and not name.endswith(".png"):
+        raise InputError(f"{path}: {option} is a PNG file; give a name ending in .png.")
+    if kind == "hdf5" and name.endswith(OTHER_FORMAT_SUFFIXES):
+        raise InputError(f"{path}: {option} is an HDF5 file; give a name ending in .h5.")
+    return path
+
+
 def nifti_axis(path: Path, axis: int | None) -> int:
     """The NIfTI axis to slice ``path`` along (default 2, axial); InputError when ``--axis`` is
     given for a file that is not NIfTI (checked before reading: other stacks are (slices, H, W))."""
@@ -237,7 +305,8 @@ def check_writable(path: Path, folder: Path | None = None) -> None:
 
 
 def check_output(path: Path, overwrite: bool = True) -> Path:
-    """InputError if the path is a folder, or its folder cannot be created or written to."""
+    """InputError if the path is a folder, exists and is not a regular file (a device, pipe or
+    socket, or a link to one: never replaced), or its folder cannot be created or written to."""
     check_outputs([path])
     return path
 
@@ -245,19 +314,28 @@ def check_output(path: Path, overwrite: bool = True) -> Path:
 def check_outputs(paths: list[Path]) -> None:
     """`check_output` for many files, trying each folder they go in once (a batch's thousands
     of results in one --out-dir cost one try)."""
+    from invdiff.io.atomic import refuse_special_file
+
     tried: set[Path] = set()
     for path in paths:
         if path.exists() and path.is_dir():
             raise InputError(f"{path}: output path is a folder; give a file name.")
+        refuse_special_file(path)
         if path.parent not in tried:
             check_writable(path)
             tried.add(path.parent)
 
 
 def check_output_folder(path: Path) -> Path:
-    """InputError if an output folder (files are written inside it) is a file, or cannot be
-    created or written to."""
+    """InputError if an output folder (files are written inside it) is a file, holds a device,
+    pipe or socket (or a link to one) that a written file could replace, or cannot be created
+    or written to."""
+    from invdiff.io.atomic import refuse_special_file
+
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: output must be a folder, but a file with that name exists.")
+    if path.is_dir():
+        for entry in sorted(path.iterdir()):
+            refuse_special_file(entry)
     check_writable(path, folder=path)
     return path

@@ -55,6 +55,7 @@ def likelihood(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Slices per ODE solve.")] = 8,
     rtol: Annotated[float, typer.Option("--rtol", help="ODE relative tolerance.")] = 1e-5,
     atol: Annotated[float, typer.Option("--atol", help="ODE absolute tolerance.")] = 1e-5,
+    key: Annotated[Optional[str], typer.Option("--key", help="Dataset/array name inside HDF5/NPZ inputs.")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -72,15 +73,16 @@ def likelihood(
         raise InputError(f"--hutchinson must be at least 1, got {hutchinson}.")
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1.")
-    if not (rtol > 0 and atol > 0):
-        raise InputError("--rtol and --atol must be positive.")
+    for value, option in ((rtol, "--rtol"), (atol, "--atol")):
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{option} must be a finite number > 0, got {value:g}.")
     dev = resolve_device(device)
     prior_path = default_prior_path() if prior_dir is None else prior_dir
     prior = load_prior(prior_path, dev)
     if prior.channels != 1:
         raise InputError(f"{prior_path}: bits/dim is defined here for 1-channel (8-bit) priors only.")
     failures: list[tuple[Path, str]] = []  # a batch run skips unreadable files and reports them
-    stacks = read_image_paths(files, failures=failures)
+    stacks = read_image_paths(files, key=key, failures=failures)
     for stack in stacks:
         if np.iscomplexobj(stack.data):
             failures.append((stack.source, f"{stack.source}: complex images have no 8-bit bits/dim; give magnitude images."))

@@ -17,6 +17,7 @@ from invdiff.cli.common import (
     QuietOpt,
     SeedOpt,
     check_outputs,
+    check_suffix,
     check_writable,
     emit_json,
     progress_bar,
@@ -49,14 +50,23 @@ METHOD_HELP = (
     "sirt, cgls, tv, l1-wavelet (any operator)."
 )
 
+#: classical methods that never compute a filtered back-projection (they start from zero), so
+#: that --filter would change nothing; fbp returns one, and tv and l1-wavelet start from it
+NO_FBP_METHODS = ("sirt", "cgls")
+
 
 def _parse_options(items: list[str]) -> dict[str, str]:
+    """``--option KEY=VALUE`` items -> {key: value}; InputError for an item without ``=`` or a
+    key given twice (which value was meant cannot be told)."""
     options = {}
     for item in items:
         if "=" not in item:
             raise InputError(f"--option '{item}' must look like KEY=VALUE.")
         key, value = item.split("=", 1)
-        options[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if key in options:
+            raise InputError(f"--option {key} given twice ({key}={options[key]} and {key}={value.strip()}); give it once.")
+        options[key] = value.strip()
     return options
 
 
@@ -135,7 +145,7 @@ def reconstruct(
     steps: Annotated[Optional[int], typer.Option("--steps", help="Solver steps (default: tuned per operator).")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Data-consistency strength (solver-specific).")] = None,
     option: Annotated[list[str], typer.Option("--option", help="Solver option KEY=VALUE (repeatable).")] = [],
-    samples: Annotated[int, typer.Option("--samples", help="Posterior samples K: mean -> reconstruction, std -> std (a sample std needs K >= 2; with K = 1 the std is 0, or only the disagreement with the classical estimate a solver averages in).")] = 4,
+    samples: Annotated[Optional[int], typer.Option("--samples", help="Posterior samples K (default 4): mean -> reconstruction, std -> std (a sample std needs K >= 2; with K = 1 the std is 0, or only the disagreement with the classical estimate a solver averages in).")] = None,
     keep_samples: Annotated[bool, typer.Option("--keep-samples", help="Also store the K samples.")] = False,
     std_window: Annotated[int, typer.Option("--std-window", help="Pool the posterior variance over W x W pixels (odd W; 1 = per-pixel sample std). A steadier std from few samples, at the window's resolution.")] = 1,
     calibration: Annotated[str, typer.Option("--calibration", help="A file from `invdiff calibrate`: scale the std by the factor it fitted for this prior, solver, K and operator on images with known truth. auto: a calibration shipped with the prior that fits this run, if any; none: the plain sample std.")] = "auto",
@@ -184,6 +194,12 @@ def reconstruct(
     check_window(std_window)
     if method is not None and (steps is not None or guidance is not None or option):
         raise InputError("--steps, --guidance and --option set a prior's solver; a --method takes --weight and --iterations.")
+    if method is not None and (samples is not None or keep_samples):
+        raise InputError("--samples and --keep-samples are for the posterior samples a prior's solver draws; a --method draws none.")
+    if filter is not None and method in NO_FBP_METHODS:
+        raise InputError(f"--filter chooses the window of the filtered back-projection that --method fbp returns and tv "
+                         f"and l1-wavelet start from; --method {method} starts from zero and uses none.")
+    samples = 4 if samples is None else samples
     if method is not None and bf16:
         raise InputError("--bf16 runs a prior's network in bfloat16; a --method has no network.")
     if method is not None and std_window != 1:
@@ -213,6 +229,10 @@ def reconstruct(
     read_dirs = _prior_dirs(method, prior)
     refuse_clobbering(files + ([calibration_path] if calibration_path else []), outputs + pngs, read_dirs)
     refuse_clobbering([], dicoms, read_dirs)
+    if out is not None:
+        check_suffix(out, "--out", "hdf5")
+    if png is not None and png_dir is None:
+        check_suffix(png, "--png", "png")
     check_outputs(outputs + pngs)
     for folder in dicoms:
         check_writable(folder)  # the series is made beside the folder, then renamed onto it

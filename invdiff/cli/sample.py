@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (Bf16Opt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_outputs, emit_json,
+from invdiff.cli.common import (Bf16Opt, DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_outputs, check_suffix, emit_json,
                                 make_generator, progress_bar, refuse_clobbering, resolve_device, show_progress,
                                 warn_slow_bf16)
 from invdiff.errors import InputError
@@ -47,15 +47,55 @@ def _sample_scale(prior) -> float:
     return float(norm.window[1] - norm.window[0]) if norm.kind == "window" else 1.0
 
 
+def _check_fits(n: int, batch_size: int, channels: int, size: int, out: Path, device) -> None:
+    """InputError for a run that cannot fit, before anything is allocated: one batch must fit in
+    the memory it runs in (IMAGE_COPIES float32 copies of each image, as reconstruct's pre-check
+    assumes), the n samples in this machine's memory (they are gathered before writing) and the
+    HDF5 file in the free space of --out's folder."""
+    import shutil
+
+    import torch
+
+    from invdiff.memory import physical_memory
+    from invdiff.pipeline.reconstruct import IMAGE_COPIES
+
+    gib = 2**30
+    memory = physical_memory()
+    image = channels * size * size * 4  # float32 bytes of one sample, as the sampler holds it
+    b = min(batch_size, n)
+    here, working = f"this machine's {memory / gib:.0f} GiB" if memory else "", memory
+    if device.type == "cuda":
+        working = torch.cuda.get_device_properties(device).total_memory
+        here = f"this GPU's {working / gib:.0f} GiB"
+    if working and image * IMAGE_COPIES > working:
+        raise InputError(f"--image-size {size}: a {size}x{size} sample is too large for {here} of memory.")
+    if working and b * image * IMAGE_COPIES > working:
+        raise InputError(f"--batch-size {b}: a batch of {b} samples of {size}x{size} is too large for {here} of "
+                         "memory; lower --batch-size.")
+    total = n * image
+    if memory and total > memory:
+        raise InputError(f"-n {n}: {n} samples of {size}x{size} take {total / gib:.0f} GiB, more than this "
+                         f"machine's {memory / gib:.0f} GiB of memory; draw fewer per run (each with its own --seed).")
+    folder = Path(out).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if total > free:
+        raise InputError(f"{out}: {n} samples of {size}x{size} take {total / gib:.1f} GiB, more than the "
+                         f"{free / gib:.1f} GiB free in {folder}.")
+
+
 def write_samples(path: Path, samples, provenance: dict) -> None:
     """HDF5 with dataset ``samples`` (n, H, W) (float32; complex64 for 2-channel priors) and the
     root attribute ``invdiff_provenance`` (JSON), written atomically."""
-    import h5py
-
     from invdiff.io.atomic import atomic_path
+    from invdiff.io.hdf5 import h5_writing
 
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_writing(tmp) as f:  # a full disk: one sentence, and no h5py file id left broken
             f.create_dataset("samples", data=samples)
             f.attrs["invdiff_provenance"] = json.dumps(provenance, default=str)
 
@@ -113,6 +153,9 @@ def sample(
     prior_path = default_prior_path() if prior_dir is None else prior_dir
     outputs = [out, *([png] if png is not None else [])]
     refuse_clobbering([], outputs, read_dirs=[prior_path])
+    check_suffix(out, "--out", "hdf5")
+    if png is not None:
+        check_suffix(png, "--png", "png")
     check_outputs(outputs)
     dev = resolve_device(device)
     prior = load_prior(prior_path, dev)
@@ -124,6 +167,7 @@ def sample(
         raise InputError(f"--image-size must be at least 8 pixels, got {size}.")
     if prior.image_shape[1] is not None and size != prior.image_size:
         raise InputError(f"--image-size {size}: this prior uses attention and only samples {prior.image_size} pixels.")
+    _check_fits(n, batch_size, prior.channels, size, out, dev)
     denoiser = prior if class_label is None else prior.guided(guidance, class_label)
     sigmas = _schedule(sampler, steps, prior.sigma_min, prior.sigma_max)
     generator = make_generator(seed)

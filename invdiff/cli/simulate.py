@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, emit_json, nifti_axis,
+from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, check_suffix, emit_json, nifti_axis,
                                 refuse_clobbering, resolve_device)
 from invdiff.cli.options import (
     AccelerationOpt,
@@ -29,7 +29,7 @@ from invdiff.cli.options import (
     ViewsOpt,
     geometry_from_options,
 )
-from invdiff.errors import InputError, naming
+from invdiff.errors import naming
 
 
 @app.command(
@@ -79,6 +79,7 @@ def simulate(
     start = time.perf_counter()
     check_output(out)
     refuse_clobbering([image], [out])
+    check_suffix(out, "--out", "hdf5")
     geometry = geometry_from_options(locals())
     check_options_fit(operator, geometry)  # before the image is read: an option of another operator
     dev = resolve_device(device)

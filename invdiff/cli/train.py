@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,8 +56,17 @@ def _window(text: str | None) -> tuple[float, float] | None:
 
 
 def _positive(value: float, option: str) -> None:
-    if not value > 0:
-        raise InputError(f"{option} must be positive, got {value}.")
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"{option} must be positive and finite, got {value}.")
+
+
+def _warn_complex_magnitude(stacks: list, channels: int, quiet: bool) -> None:
+    """One stderr line when complex images are trained as one channel: on their magnitude."""
+    complex_stack = next((st for st in stacks if st.data.dtype.kind == "c"), None)
+    if channels == 1 and complex_stack is not None and not quiet:
+        print(f"invdiff: warning: {complex_stack.source}: the images are complex and --channels 1 trains on their "
+              "magnitude |x| (a magnitude prior); give --channels 2 for a complex prior (real and imaginary parts).",
+              file=sys.stderr)
 
 
 def _check_out_folder(out: Path) -> None:
@@ -82,7 +93,9 @@ def train(
     data: Annotated[list[Path], typer.Argument(help="Image files or folders (PNG/TIFF/NPY/NPZ/HDF5/DICOM/NIfTI).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Prior directory to write (config.json + safetensors weights).")],
     image_size: Annotated[int, typer.Option("--image-size", help="Training crop size S (S x S pixels).")] = 128,
-    channels: Annotated[int, typer.Option("--channels", help="1 (magnitude) or 2 (complex MRI as real/imag).")] = 1,
+    channels: Annotated[int, typer.Option("--channels", help="1: real images; complex images are trained on their "
+                                          "magnitude |x| (a magnitude prior, with a warning). 2: complex MRI as "
+                                          "real/imag (a prior for complex reconstructions).")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size (split over torchrun processes).")] = 16,
     steps: Annotated[int, typer.Option("--steps", help="Optimiser steps in total (also when resuming).")] = 10000,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate (linear warm-up over --lr-warmup steps).")] = 2e-4,
@@ -103,7 +116,8 @@ def train(
         "e.g. p_invert=0.2 or p_elastic=0; the keys are those of config.json's 'augmentation'.")] = None,
     fit: Annotated[str, typer.Option("--fit", help="crop (random crops), resize (shorter side to S, then crop) or exact.")] = "crop",
     normalise: Annotated[str, typer.Option("--normalise", help="percentile (per slice, 99.5th of |x| -> 1) or window (fixed, e.g. CT HU).")] = "percentile",
-    window: Annotated[Optional[str], typer.Option("--window", help="LO,HI for --normalise window, e.g. -1000,1000.")] = None,
+    window: Annotated[Optional[str], typer.Option("--window", help="LO,HI for --normalise window, e.g. -1000,1000 "
+                                                  "(only with --normalise window).")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Fraction of slices (last of each stack) held out for validation.")] = 0.1,
     val_data: Annotated[Optional[list[Path]], typer.Option("--val-data", help="Separate validation images (e.g. other subjects); repeatable.")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="HDF5 dataset key of the images.")] = None,
@@ -150,6 +164,8 @@ def train(
         raise InputError(f"--attention levels must lie in 0..{len(mults) - 1}.")
     if sde not in ("edm", "ve", "vp"):
         raise InputError(f"--sde '{sde}' is not one of edm, ve, vp.")
+    if window is not None and normalise != "window":
+        raise InputError(f"--window needs --normalise window (--normalise {normalise} scales each slice itself).")
     augment_config = AugmentConfig.from_overrides(augment_option or []) if augment or augment_option else None
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a directory, but a file is there.")
@@ -178,9 +194,10 @@ def train(
     stacks = read_stacks(list(data), key=key, axis=axis)
     norm = units_from_data(stacks, norm)
     train_set, val_set = build_sets(stacks, image_size, channels, fit, norm, val_fraction)
+    val_stacks = read_stacks(list(val_data), key=key, axis=axis) if val_data else []
+    _warn_complex_magnitude(stacks + val_stacks, channels, quiet)
     extra_val = None
     if val_data:
-        val_stacks = read_stacks(list(val_data), key=key, axis=axis)
         if units_from_data(val_stacks, norm).units != norm.units:
             raise InputError(f"{val_stacks[0].source}: --val-data must be in the same units as the training data "
                              f"({norm.units}) for --normalise window.")

@@ -6,7 +6,10 @@ SIGKILL can leave behind is a hidden ``.NAME.*.tmp`` file beside the target, whi
 mistakes for an output. The renamed file gets the permissions a plainly created file would
 have (0666 minus the umask; an existing target keeps its mode), not mkstemp's private 0600.
 Several outputs of one command go through `atomic_paths`, so that a failure leaves none of
-them. A folder that cannot be made or written to is an InputError naming the output.
+them. A folder that cannot be made or written to is an InputError naming the output, and so is
+an OSError while the output is written or renamed (a full disk: ENOSPC). A target that exists
+and is not a regular file (a device such as /dev/null, a FIFO, a socket, or a link to one) is
+refused before anything is written and again just before the rename, never replaced.
 """
 
 from __future__ import annotations
@@ -70,6 +73,33 @@ def folder_problem(folder: Path, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def refuse_special_file(target: str | os.PathLike) -> None:
+    """InputError if ``target`` exists and is neither a regular file nor a folder (a device, a
+    FIFO, a socket, or a symbolic link to one): renaming a new file onto it would destroy it
+    (``--out /dev/null`` run as root would replace the device). A missing target, or a dangling
+    link (which the rename replaces, not what it points to), passes; folders are left to the
+    callers, which name them as such."""
+    try:
+        mode = os.stat(target).st_mode  # follows links: a link to a device is refused too
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(f"{target}: output exists and is not a regular file (a device or pipe); give a file path.")
+
+
+def write_problem(target: str | os.PathLike, exc: OSError) -> InputError:
+    """The InputError for an OSError while writing ``target`` (a full disk, an I/O error): one
+    sentence naming the output and the system's reason (`_write_reason`)."""
+    return InputError(f"{target}: cannot write the output ({_write_reason(exc)}).")
+
+
+def _write_reason(exc: OSError) -> str:
+    """The system's reason for ``exc`` in a few words, from its errno where it has one (h5py's
+    OSErrors carry HDF5's multi-line report as their text)."""
+    reason = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
+    return " ".join(str(reason).split()).rstrip(".") or type(exc).__name__
+
+
 def _remove_empty(folders: list[Path]) -> None:
     """Remove those of ``folders`` (deepest first) that are still empty (best effort)."""
     for folder in folders:
@@ -82,6 +112,7 @@ def _temp_beside(target: Path) -> tuple[Path, list[Path]]:
     missing), and the folders that had to be created; InputError naming the target if the
     folder or the file cannot be created (a parent that is a file, no permission, a read-only
     filesystem)."""
+    refuse_special_file(target)
     created = _missing_folders(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +125,19 @@ def _temp_beside(target: Path) -> tuple[Path, list[Path]]:
 
 
 def _commit(tmp_path: Path, target: Path) -> None:
-    """Flush ``tmp_path`` to disk, give it the target's mode and rename it onto ``target``."""
+    """Flush ``tmp_path`` to disk, give it the target's mode and rename it onto ``target``
+    (refused, InputError, if the target has become a device or pipe meanwhile); an OSError is
+    an InputError naming the target (`write_problem`)."""
+    try:
+        _flush_and_rename(tmp_path, target)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise write_problem(target, exc) from None
+
+
+def _flush_and_rename(tmp_path: Path, target: Path) -> None:
+    """The steps of `_commit`: fsync, chmod, a last check of the target, rename, fsync the folder."""
     with open(tmp_path, "rb+") as fh:
         fh.flush()
         os.fsync(fh.fileno())
@@ -103,6 +146,7 @@ def _commit(tmp_path: Path, target: Path) -> None:
     except OSError:
         mode = _default_mode()
     os.chmod(tmp_path, mode)
+    refuse_special_file(target)
     os.replace(tmp_path, target)
     _fsync_dir(target.parent)
 
@@ -112,13 +156,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it onto target.
 
     On any exception the temporary file is removed, and the folders made for it if they are
-    still empty, and the target is left untouched. A folder that cannot be made or written to
-    is an InputError naming the target.
+    still empty, and the target is left untouched. A folder that cannot be made or written to,
+    a target that is a device or pipe (`refuse_special_file`), and an OSError raised in the
+    block or by the rename (a full disk) are InputErrors naming the target; an InputError of
+    the block that names the temporary is reworded to name the target.
     """
     target = Path(target)
     tmp_path, created = _temp_beside(target)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:
+            raise write_problem(target, exc) from None
+        except InputError as exc:
+            raise _naming_targets(exc, [tmp_path], [target]) from None
         _commit(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -137,7 +188,9 @@ def atomic_paths(targets: list[str | os.PathLike]) -> Iterator[list[Path]]:
     made for them if still empty. Should a rename fail after others were done (a disk failing
     at the very end), the targets already renamed that did not exist before are removed again;
     one that replaced an existing file cannot be restored and keeps the new content. An
-    InputError whose message names a temporary is reworded to name its target.
+    InputError whose message names a temporary is reworded to name its target; an OSError in
+    the block (a full disk) is an InputError naming the target whose temporary it names, else
+    all the targets (`_write_problem_of`).
     """
     targets = [Path(t) for t in targets]
     existed = [t.exists() for t in targets]
@@ -151,13 +204,10 @@ def atomic_paths(targets: list[str | os.PathLike]) -> Iterator[list[Path]]:
             created = made + created  # deepest first: a later target's folders may lie inside
         try:
             yield list(temps)
+        except OSError as exc:
+            raise _write_problem_of(exc, temps, targets) from None
         except InputError as exc:
-            text = str(exc)
-            for tmp_path, target in zip(temps, targets):
-                text = text.replace(str(tmp_path), str(target))
-            if text == str(exc):
-                raise
-            raise type(exc)(text) from None
+            raise _naming_targets(exc, temps, targets) from None
         for tmp_path, target in zip(temps, targets):
             _commit(tmp_path, target)
             done.append(target)
@@ -173,12 +223,35 @@ def atomic_paths(targets: list[str | os.PathLike]) -> Iterator[list[Path]]:
         raise
 
 
+def _naming_targets(exc: InputError, temps: list[Path], targets: list[Path]) -> InputError:
+    """``exc``, reworded (same class) to name the targets where its message names their
+    temporaries: the user never sees a hidden ``.NAME.*.tmp`` path."""
+    text = str(exc)
+    for tmp_path, target in zip(temps, targets):
+        text = text.replace(str(tmp_path), str(target))
+    return exc if text == str(exc) else type(exc)(text)
+
+
+def _write_problem_of(exc: OSError, temps: list[Path], targets: list[Path]) -> InputError:
+    """`write_problem` for an OSError raised while several outputs were written: naming the
+    target whose temporary the error names (``exc.filename``), else all of them."""
+    named = str(exc.filename) if exc.filename is not None else ""
+    for tmp_path, target in zip(temps, targets):
+        if named and (named == str(tmp_path) or named.startswith(str(tmp_path))):
+            return write_problem(target, exc)
+    if len(targets) == 1:
+        return write_problem(targets[0], exc)
+    return InputError(f"{', '.join(map(str, targets))}: cannot write the outputs ({_write_reason(exc)}).")
+
+
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically; InputError naming it for any OSError (a full disk)."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` of ``text`` in UTF-8."""
     atomic_write_bytes(target, text.encode("utf-8"))
 
 

@@ -188,14 +188,32 @@ def group_dicom_series(files: Sequence[Path]) -> list[list[Path]]:
     """Split DICOM files into series by SeriesInstanceUID (order of first appearance).
 
     Objects that are not images (no Rows: DICOMDIR, reports, presentation states) are left out.
+    A file without Rows whose SOP class is an image storage class (or that has no SOP class at
+    all) is an image cut short or damaged: an InputError naming it, not a slice left out in silence.
     """
     groups: dict[str, list[Path]] = {}
     for path in files:
         ds = read_dicom_header(path, pixels=False)
         if "Rows" not in ds:
+            _refuse_truncated_image(ds, path)
             continue
         groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(path)
     return list(groups.values())
+
+
+def _refuse_truncated_image(ds: Any, path: Path) -> None:
+    """InputError for a DICOM file without Rows whose SOP class says it is an image (or that
+    names no SOP class): truncated before its image attributes, e.g. an interrupted copy."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+    name = UID(str(sop_class)).name if sop_class else ""
+    if sop_class and "Image Storage" not in name:
+        return  # a DICOMDIR, report, presentation state, ...: not an image, left out
+    kind = f"a {name} file" if sop_class else "a DICOM file without a SOP class"
+    raise InputError(f"{path}: {kind} that holds no image attributes (no Rows or PixelData): it is truncated or "
+                     "damaged; remove it or export the series again.")
 
 
 @quiet_pydicom()
@@ -223,7 +241,8 @@ def read_dicom_series(files: Sequence[Path]) -> DicomVolume:
     every slice has them and they are distinct, else by InstanceNumber, else by file name. The
     frames of an enhanced multi-frame file are slices too, each placed by its own Plane
     Position (functional groups, dicom_frames.py).
-    Slices of different sizes or of different units (HU and not HU) are an InputError.
+    Slices of different sizes or of different units (HU and not HU) are an InputError, and so
+    are two files at one slice position of a series that spans several (`_refuse_duplicates`).
     """
     if not files:
         raise InputError("no DICOM files were given.")
@@ -288,12 +307,35 @@ def _sorted_slices(slices: list) -> tuple[list, np.ndarray | None]:
     if positions is not None and len(np.unique(np.round(positions, 4))) == len(slices):
         order = np.argsort(positions, kind="stable")
         return [slices[i] for i in order], positions[order]
+    _refuse_duplicates(slices, positions)
     if any(s[4] for s in slices):  # frames of a multi-frame file without positions: stored order
         return slices, None
     numbers = [s[1].get("InstanceNumber") for s in slices]
     if all(n is not None and str(n) != "" for n in numbers) and len(set(int(n) for n in numbers)) == len(numbers):
         return sorted(slices, key=lambda s: int(s[1].InstanceNumber)), None
     return sorted(slices, key=lambda s: s[0].name), None
+
+
+def _refuse_duplicates(slices: list, positions: np.ndarray | None) -> None:
+    """InputError naming both files when two files of one series are the same instance
+    (SOPInstanceUID) or, in a series that spans several positions, lie at one slice position
+    (a duplicate export: stacking both would put two slices at one place). A series whose
+    slices all lie at one position (cine, perfusion or multi-echo of one slice) and the frames of
+    one multi-frame file keep the InstanceNumber or stored order."""
+    first: dict = {}
+    for path, ds, *_ in slices:
+        uid = str(ds.get("SOPInstanceUID", "") or "")
+        if uid and first.setdefault(uid, path) != path:
+            raise InputError(f"{path}: is the same DICOM instance as {first[uid].name} (SOPInstanceUID {uid}), "
+                             "a copy; remove one of them.")
+    if positions is None or len(np.unique(np.round(positions, 4))) < 2:
+        return
+    at: dict = {}
+    for entry, position in zip(slices, np.round(positions, 4)):
+        other = at.setdefault(float(position), entry)
+        if other[0] != entry[0]:
+            raise InputError(f"{entry[0]}: lies at the same slice position as {other[0].name} ({position:g} mm along "
+                             "the slice normal) in one series, a duplicate export; remove one of them.")
 
 
 def _spacing(ds: Any, positions: np.ndarray | None) -> tuple[float | None, float, float] | None:
@@ -399,7 +441,8 @@ def write_dicom_series(
     slope of 1 (integer HU, intercept -1024 or lower) when the range fits 16 bits. The MR
     Image IOD has no Modality LUT, so for MR the same line goes to RealWorldValueMappingSequence
     (and `dicom_pixels` applies it when reading).
-    Returns the written paths, in slice order (``IM00001.dcm``, ...).
+    Returns the written paths, in slice order (``IM00001.dcm``, ...). An OSError while the
+    series is written (a full disk) is an InputError naming ``out_dir``; no partial series is left.
     """
     out_dir = Path(out_dir)
     if modality not in _STORAGE:
@@ -444,11 +487,14 @@ def write_dicom_series(
         common.SpacingBetweenSlices = _ds(geometry["step"])
 
     names = [f"IM{k + 1:05d}.dcm" for k in range(values.shape[0])]
-    with _atomic_folder(out_dir, overwrite) as tmp_dir:
-        for k, name in enumerate(names):
-            ds = _slice_dataset(common, k, stored[k], geometry, modality)
-            ds.save_as(tmp_dir / name, enforce_file_format=True)
-            _fsync(tmp_dir / name)
+    try:
+        with _atomic_folder(out_dir, overwrite) as tmp_dir:
+            for k, name in enumerate(names):
+                ds = _slice_dataset(common, k, stored[k], geometry, modality)
+                ds.save_as(tmp_dir / name, enforce_file_format=True)
+                _fsync(tmp_dir / name)
+    except OSError as exc:  # a full disk: _atomic_folder has removed the partial series
+        raise InputError(f"{out_dir}: cannot write the DICOM series ({exc.strerror or _reason(exc)}).") from None
     return [out_dir / name for name in names]
 
 

@@ -14,12 +14,19 @@ The k-space keeps the readout oversampling (e.g. 640 x 368 for knee), while the 
 submission are the centre of the image at the reconstruction size (320 x 320): the targets'
 shape, else the ISMRMRD header's ``reconSpace`` matrix size (fastmri/data/mri_data.py and
 ``transforms.center_crop``). :func:`target_shape` finds it and :func:`center_crop` applies it.
+
+A damaged file is an InputError naming the file and what is wrong (a ``kspace`` that is real or
+of other dimensions, a target that is not a numeric ``(slices, h, w)`` stack or holds NaN/Inf,
+data kept outside the file), except the ISMRMRD header: invdiff reads nothing from it but the
+reconstruction size, which the targets also give, so a header that is not text is ignored with
+a one-line warning on stderr and the k-space is still reconstructed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ def recon_space(header: str | None) -> tuple[int, int] | None:
     Read by pattern, not by an XML parser, so that a header crafted against XML parsers
     (entity expansion) costs nothing.
     """
-    if not header:
+    if not header or not isinstance(header, str):
         return None
     space = re.search(r"<reconSpace>(.*?)</reconSpace>", header, re.S)
     size = re.search(r"<matrixSize>(.*?)</matrixSize>", space.group(1), re.S) if space else None
@@ -96,6 +103,16 @@ def is_fastmri(h5file: h5py.Group | str | os.PathLike) -> bool:
     return isinstance(data, h5py.Dataset) and data.dtype.kind == "c" and data.ndim in (3, 4)
 
 
+def _kspace_problem(f: h5py.File, path: Path) -> str:
+    """Why the open file is not a fastMRI file, in one sentence: what its ``kspace`` is when it
+    has one that is not complex of 3 or 4 dimensions, else that it has none."""
+    data = f.get("kspace")
+    if data is None:
+        return f"{path}: not a fastMRI file (no complex 'kspace' dataset of 3 or 4 dimensions)."
+    what = f"{data.dtype} {data.shape}" if isinstance(data, h5py.Dataset) else "an HDF5 group"
+    return f"{path}: 'kspace' must be complex (slices, [coils,] H, W), got {what}."
+
+
 def _attr(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -140,10 +157,10 @@ def read_fastmri(path: str | os.PathLike) -> dict[str, Any]:
 def _read(f: h5py.File, path: Path) -> dict[str, Any]:
     """The body of :func:`read_fastmri` on an open file."""
     if not is_fastmri(f):
-        raise InputError(f"{path}: not a fastMRI file (no complex 'kspace' dataset of 3 or 4 dimensions).")
+        raise InputError(_kspace_problem(f, path))
     from invdiff.io.hdf5 import read_whole
 
-    kspace = np.asarray(read_whole(f["kspace"], path), dtype=np.complex64)
+    kspace = np.asarray(read_whole(f["kspace"], path, "kspace"), dtype=np.complex64)
     if kspace.ndim == 3:
         kspace = kspace[:, None]
     _, _, height, width = kspace.shape
@@ -153,7 +170,7 @@ def _read(f: h5py.File, path: Path) -> dict[str, Any]:
     if "mask" in f:
         if not isinstance(f["mask"], h5py.Dataset) or f["mask"].dtype.kind not in "biuf":
             raise InputError(f"{path}: 'mask' must be a dataset of 0/1 numbers or booleans.")
-        lines = np.asarray(f["mask"][()]).reshape(-1)
+        lines = np.asarray(read_whole(f["mask"], path, "mask")).reshape(-1)
         if lines.shape != (width,):
             raise InputError(f"{path}: dataset 'mask' has {lines.size} entries, but the k-space has {width} columns.")
         lines = lines.astype(np.float64)
@@ -166,10 +183,57 @@ def _read(f: h5py.File, path: Path) -> dict[str, Any]:
         out["mask_source"] = "inferred"
     if not out["mask"].any():
         raise InputError(f"{path}: the k-space holds no sampled line (all zeros).")
-    header = f.get("ismrmrd_header")
-    out["ismrmrd_header"] = _attr(header[()]) if isinstance(header, h5py.Dataset) else None
+    out["ismrmrd_header"] = _header(f, path)
     for key in RECONSTRUCTION_KEYS:
         if key in f:
-            out[key] = np.asarray(f[key][()], dtype=np.float32)
+            out[key] = _target(f, key, path)
     out["attrs"] = {k: _attr(v) for k, v in f.attrs.items()}
     return out
+
+
+def _header(f: h5py.File, path: Path) -> str | None:
+    """The ``ismrmrd_header`` text, or None when there is none. One that is not text (opaque
+    bytes, numbers, a group) is ignored with a warning on stderr rather than refused: invdiff
+    reads only the reconstruction size from it (`recon_space`), which the targets also give,
+    so the k-space can still be reconstructed (uncropped when the file has no target)."""
+    from invdiff.io.hdf5 import read_whole
+
+    header = f.get("ismrmrd_header")
+    if header is None:
+        return None
+    text = _text(read_whole(header, path, "ismrmrd_header")) if isinstance(header, h5py.Dataset) else None
+    if text is None:
+        print(f"invdiff: warning: {path}: 'ismrmrd_header' is not text, so it is ignored (it gives only the "
+              f"reconstruction size, which then comes from the targets, or the result keeps the k-space size).",
+              file=sys.stderr)
+    return text
+
+
+def _text(value: Any) -> str | None:
+    """``value`` as text when it is a string (str, bytes, a numpy string, or an array of one
+    string), else None. Bytes that are not UTF-8 are decoded with replacement characters."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SUO" and value.size == 1:
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return str(value)
+    return None
+
+
+def _target(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    """Target ``key`` (``reconstruction_esc`` / ``_rss``) as float32 ``(slices, h, w)``;
+    InputError naming the file when it is a group, not real numbers, of other dimensions or
+    holds NaN or Inf."""
+    from invdiff.io.hdf5 import check_finite, read_whole
+
+    dataset = f[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise InputError(f"{path}: '{key}' is an HDF5 group, not a dataset.")
+    if dataset.dtype.kind not in "biuf":
+        raise InputError(f"{path}: dataset '{key}' holds {dataset.dtype} values, not real numbers.")
+    if dataset.ndim != 3:
+        raise InputError(f"{path}: '{key}' has shape {dataset.shape}; expected (slices, H, W).")
+    target = np.asarray(read_whole(dataset, path, key), dtype=np.float32)
+    check_finite(target, key, path)
+    return target

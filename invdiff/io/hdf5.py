@@ -17,14 +17,18 @@ Result file::
     /samples         (K, slices, H, W) (optional)
     attrs: invdiff_provenance = JSON (version, command line, operator, solver, settings, ...)
 
-Every writer is atomic (invdiff/io/atomic.py); every reader turns a bad file into an
-InputError naming the file.
+Every writer is atomic (invdiff/io/atomic.py) and writes through `h5_writing`, so that a full
+disk is an InputError naming the output; every reader turns a bad file into an InputError
+naming the file, and every dataset is read through `read_whole`, which refuses data kept
+outside the file (external raw storage, an external link, a virtual dataset).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -111,9 +115,35 @@ def _read_attr(f: h5py.File, name: str, path: Path) -> Any:
         raise InputError(f"{path}: attribute '{name}' cannot be read ({type(exc).__name__}); the file may be corrupted.") from None
 
 
-def read_whole(dataset: h5py.Dataset, path: Path) -> np.ndarray:
-    """All of ``dataset`` as an array; InputError with its shape and size when it does not fit
-    in memory (a file that describes a huge dataset can still be small on disk)."""
+def _outside_the_file(dataset: h5py.Dataset, path: Path) -> str | None:
+    """Where ``dataset`` keeps its data when that is not inside the file at ``path`` (external
+    raw storage, an external link to another file, a virtual dataset), in words; else None."""
+    if dataset.external is not None:
+        return "keeps its data in another file (external storage)"
+    if dataset.is_virtual:
+        return "keeps its data in other files (a virtual dataset)"
+    try:
+        same = os.path.samefile(dataset.file.filename, path)
+    except (OSError, ValueError, TypeError):
+        same = False
+    return None if same else "is a link to another file (an external link)"
+
+
+def check_inside(dataset: h5py.Dataset, path: Path, key: str | None = None) -> None:
+    """InputError unless ``dataset`` keeps its data inside the file at ``path``: a crafted file
+    could otherwise make invdiff read (and write into its results) the bytes of any local file."""
+    where = _outside_the_file(dataset, path)
+    if where is not None:
+        name = key if key is not None else dataset.name.lstrip("/")
+        raise InputError(f"{path}: dataset '{name}' {where}; invdiff reads only data inside the file.")
+
+
+def read_whole(dataset: h5py.Dataset, path: Path, key: str | None = None) -> np.ndarray:
+    """All of ``dataset`` (named ``key`` in the file, default its own name) as an array;
+    InputError when its data lie outside the file (`check_inside`), or, with its shape and size,
+    when it does not fit in memory (a file that describes a huge dataset can still be small on
+    disk). Every HDF5 dataset invdiff reads passes through here."""
+    check_inside(dataset, path, key)
     try:
         return dataset[()]
     except MemoryError:
@@ -129,7 +159,9 @@ def _read_dataset(f: h5py.File, key: str, path: Path) -> np.ndarray:
     if not isinstance(obj, h5py.Dataset):
         raise InputError(f"{path}: '{key}' is an HDF5 group, not a dataset.")
     try:
-        return read_whole(obj, path)
+        return read_whole(obj, path, key)
+    except InputError:
+        raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise InputError(f"{path}: dataset '{key}' cannot be read ({exc.__class__.__name__}); the file may be truncated.") from None
 
@@ -175,13 +207,22 @@ def check_radon_geometry(path: Path, params: dict[str, Any]) -> None:
         check_geometry(params)
 
 
+#: operators whose measurement has a fixed number of dimensions, and how they read
+FIXED_NDIM = {"mri": (4, "(slices, coils, H, W)")}
+
+
 def _check_measurement_data(data: np.ndarray, operator_name: str, key: str, path: Path) -> np.ndarray:
     """Numeric, at least (slices, n), of the kind (real/complex) the operator measures;
     float32 / complex64 for the built-in operators. A 2-D sinogram ``(views, detectors)`` or
-    blurred image ``(H, W)`` is one slice, as in a foreign .npy."""
+    blurred image ``(H, W)`` is one slice, as in a foreign .npy; MRI k-space is always
+    ``(slices, coils, H, W)``, so a k-space that lost an axis is named as such (not later as
+    a ground truth of the wrong slice count)."""
     data = _numeric(data, key, path)
     if data.ndim == 2 and operator_name in ONE_SLICE_2D:
         data = data[None]
+    ndim, layout = FIXED_NDIM.get(operator_name, (None, ""))
+    if ndim is not None and data.ndim != ndim:
+        raise InputError(f"{path}: dataset '{key}' has shape {data.shape}; expected {layout}.")
     if data.ndim < 2:
         raise InputError(f"{path}: dataset '{key}' has {data.ndim} dimension(s); expected (slices, ...).")
     if data.size == 0:
@@ -196,7 +237,17 @@ def _check_measurement_data(data: np.ndarray, operator_name: str, key: str, path
     return data
 
 
+def check_finite(value: np.ndarray, key: str, path: Path) -> None:
+    """InputError naming the file and dataset when ``value`` holds NaN or Inf."""
+    finite = np.isfinite(value)
+    if not finite.all():
+        bad = int(value.size - np.count_nonzero(finite))
+        raise InputError(f"{path}: dataset '{key}' holds {bad} NaN or Inf values.")
+
+
 def _check_ground_truth(truth: np.ndarray, data: np.ndarray, path: Path) -> np.ndarray:
+    """``(slices, H, W)`` float32 (complex64 for complex images), one image per slice of
+    ``data``, finite: InputError naming the file otherwise."""
     truth = _numeric(truth, "ground_truth", path)
     if truth.ndim == 2:
         truth = truth[None]
@@ -204,11 +255,102 @@ def _check_ground_truth(truth: np.ndarray, data: np.ndarray, path: Path) -> np.n
         raise InputError(
             f"{path}: dataset 'ground_truth' has shape {truth.shape}; expected ({data.shape[0]}, H, W), one image per slice."
         )
+    check_finite(truth, "ground_truth", path)
     return truth.astype(np.complex64 if truth.dtype.kind == "c" else np.float32, copy=False)
 
 
+class _DiskFile(io.RawIOBase):
+    """The file h5py writes through (its file-object driver): a plain file that remembers the
+    first OSError of a write (a full disk), lets it reach h5py, and from then on discards
+    writes, so that h5py can still close the file. Written to by path, a failed write makes
+    HDF5's close fail too, and the file id it leaves open crashes the interpreter at exit."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._fh = open(path, "r+b")
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._fh.readinto(buffer)
+
+    def write(self, data) -> int:
+        if self.error is not None:
+            return len(memoryview(data))
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is not None:
+            return self._fh.tell() if size is None else size
+        try:
+            return self._fh.truncate(size)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        if self.error is None and not self._fh.closed:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self.error = exc
+                raise
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                super().close()
+            finally:
+                self._fh.close()
+
+
+@contextlib.contextmanager
+def h5_writing(path: str | Path) -> Iterator[h5py.File]:
+    """``with h5_writing(tmp) as f``: a new HDF5 file at ``path`` (a temporary of
+    `atomic_path`), open for writing. An OSError while writing or closing it (a full disk,
+    ENOSPC) is an InputError naming ``path`` (``atomic_paths`` rewords it to name the target),
+    raised once the file is closed, so that no broken HDF5 file id outlives the failure."""
+    from invdiff.io.atomic import write_problem
+
+    path = Path(path)
+    try:
+        disk = _DiskFile(path)
+    except OSError as exc:
+        raise write_problem(path, exc) from None
+    try:
+        with disk:
+            with h5py.File(disk, "w") as f:
+                yield f
+    except Exception as exc:  # h5py re-raises the write's OSError, or reports it its own way
+        error = disk.error or (exc if isinstance(exc, OSError) else None)
+        if error is None:
+            raise
+        raise write_problem(path, error) from None
+    if disk.error is not None:
+        raise write_problem(path, disk.error)
+
+
 def write_measurement(path: str | Path, m: Measurement) -> None:
-    """Write ``m`` atomically as an invdiff measurement file."""
+    """Write ``m`` atomically as an invdiff measurement file; InputError naming ``path`` when
+    it cannot be written (a full disk: nothing is left behind)."""
     text, arrays = config_to_json(m.operator)
     names = {}
     for key in arrays:
@@ -218,7 +360,7 @@ def write_measurement(path: str | Path, m: Measurement) -> None:
         text = text.replace(json.dumps({"$array": key}), json.dumps({"$array": name}))
     key = measurement_key(m.operator["name"])
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_writing(tmp) as f:
             f.create_dataset(key, data=m.data)
             for k, name in names.items():
                 f.create_dataset(name, data=arrays[k])
@@ -245,7 +387,7 @@ def read_measurement(path: str | Path) -> Measurement:
         if "invdiff_operator" not in f.attrs:
             from invdiff.io import fastmri
 
-            if fastmri.is_fastmri(f):
+            if fastmri.is_fastmri(f) or "kspace" in f:  # read_fastmri says what is wrong with a bad one
                 f.close()
                 return _measurement_from_fastmri(path)
             raise InputError(
@@ -337,9 +479,10 @@ def write_result(
     provenance: dict[str, Any] | None = None,
     extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write a result file atomically. ``reconstruction`` ``(slices, H, W)`` real or complex."""
+    """Write a result file atomically. ``reconstruction`` ``(slices, H, W)`` real or complex.
+    InputError naming ``path`` when it cannot be written (a full disk: nothing is left behind)."""
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5_writing(tmp) as f:
             if np.iscomplexobj(reconstruction):
                 f.create_dataset("reconstruction", data=np.abs(reconstruction).astype(np.float32))
                 f.create_dataset("reconstruction_complex", data=reconstruction.astype(np.complex64))
@@ -406,10 +549,7 @@ def _check_result_values(value: np.ndarray, key: str, path: Path) -> None:
     """InputError for a result dataset that is empty, holds NaN or Inf, or (``std``) is negative."""
     if value.size == 0:
         raise InputError(f"{path}: dataset '{key}' is empty (shape {value.shape}).")
-    finite = np.isfinite(value)
-    if not finite.all():
-        bad = int(value.size - np.count_nonzero(finite))
-        raise InputError(f"{path}: dataset '{key}' holds {bad} NaN or Inf values.")
+    check_finite(value, key, path)
     if key == "std" and value.min() < 0:
         bad = int(np.count_nonzero(value < 0))
         raise InputError(f"{path}: dataset 'std' holds {bad} negative values; a standard deviation is never negative.")

@@ -466,7 +466,7 @@ def _read_hdf5(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
             dataset = fh[name]
             if dataset.dtype.kind not in "biufc":
                 raise InputError(f"{path}: HDF5 dataset '{name}' is not numeric (dtype {dataset.dtype}).")
-            array = read_whole(dataset, path)
+            array = read_whole(dataset, path, name)
     except InputError:
         raise
     except Exception as exc:
@@ -624,7 +624,8 @@ def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool,
         dicom_files = _dicom_files(here)
         # headers first, one by one, so that one unreadable file does not hide the whole series
         readable = [f for f in dicom_files if attempt(f, lambda f=f: dicom.read_dicom_header(f, pixels=False)) is not None]
-        for group in dicom.group_dicom_series(readable) if readable else []:
+        groups = attempt(here, lambda: dicom.group_dicom_series(readable)) if readable else None
+        for group in groups or []:
             stack = attempt(group[0].parent, lambda group=group: _series_stack(here, group))
             if stack is not None:
                 stacks.append(stack)

@@ -195,15 +195,18 @@ def _fmt(value: float) -> str:
 
 
 def _write(path: str | os.PathLike, pixels: np.ndarray) -> Path:
+    """Write RGB or grey ``pixels`` as a PNG file at ``path``, atomically. InputError naming
+    the path for a folder, a device or pipe (`atomic_path` refuses it) or a failed write (a
+    full disk; nothing is left behind)."""
     from PIL import Image
 
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: PNG output path is a folder; give a file name.")
     image = Image.fromarray(pixels)
-    try:
-        with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
+        try:
             image.save(tmp, format="PNG")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write the PNG file ({exc.strerror or exc}).") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write the PNG file ({exc.strerror or exc}).") from None
     return path

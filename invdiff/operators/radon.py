@@ -36,7 +36,6 @@ interpolated linearly at the pixel (pixel-driven back-projection, as ``skimage``
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +45,7 @@ import scipy.sparse
 import torch
 
 from invdiff.errors import InputError
+from invdiff.memory import physical_memory
 from invdiff.operators.base import Operator, check_params
 from invdiff.operators.fbp_filters import FILTERS, fourier_filter, padded_length
 from invdiff.operators.fbp_filters import filter_sinogram as _filter_sinogram
@@ -65,18 +65,11 @@ def projector_bytes(height: int, width: int, views: int, detectors: int, itemsiz
     return 2 * entries * (itemsize + 4)
 
 
-def _physical_memory() -> int | None:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _check_projector_fits(image_shape: tuple[int, int, int], views: int, detectors: int, itemsize: int) -> None:
     """InputError for a geometry whose projector cannot fit in this machine's memory (an edited
     file can claim a 20000x20000 image; better one sentence than an out-of-memory kill)."""
     _, height, width = image_shape
-    need, have = projector_bytes(height, width, views, detectors, itemsize), _physical_memory()
+    need, have = projector_bytes(height, width, views, detectors, itemsize), physical_memory()
     if have is not None and need > have:
         raise InputError(
             f"the radon geometry ({height}x{width} image, {views} views, {detectors} detectors) needs up to "

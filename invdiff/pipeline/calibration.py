@@ -227,13 +227,67 @@ def pipeline_of(provenance: dict[str, Any], source: str) -> dict[str, Any]:
         raise InputError(f"{source}: not a diffusion-prior result (no solver in its provenance); a classical method has no std to calibrate.")
     if provenance.get("calibration"):
         raise InputError(f"{source}: its std is already calibrated; calibrate on results written with --calibration none.")
-    operator = provenance.get("operator") or {}
-    prior = provenance.get("prior") or {}
+
+    def damaged(problem: str) -> InputError:
+        return InputError(f"{source}: the result's provenance is damaged ({problem}).")
+
+    solver, operator, prior = provenance["solver"], provenance.get("operator"), provenance.get("prior", {})
+    if not isinstance(solver, str):
+        raise damaged(f"'solver' must be a name, got {solver!r}")
+    counts = {key: provenance.get(key, 1) for key in ("samples", "std_window")}  # 1: not recorded by an old invdiff
+    for key, value in counts.items():
+        if not _whole(value):
+            raise damaged(f"'{key}' must be a whole number >= 1, got {value!r}")
+    if not isinstance(operator, dict) or not isinstance(operator.get("name"), str):
+        raise damaged(f"'operator' must be an object with a 'name', got {operator!r}")
+    if not isinstance(prior, dict) or not isinstance(prior.get("checksum"), (str, type(None))):
+        raise damaged(f"'prior' must be an object whose 'checksum' is a string, got {prior!r}")
     settings = None
     if "steps" in provenance and isinstance(provenance.get("options"), dict):
+        if not _whole(provenance["steps"]):
+            raise damaged(f"'steps' must be a whole number >= 1, got {provenance['steps']!r}")
         settings = {"steps": provenance["steps"], "guidance": provenance.get("guidance"), "options": provenance["options"]}
-    return pipeline(str(provenance["solver"]), int(provenance.get("samples", 1)), int(provenance.get("std_window", 1)),
-                    str(operator.get("name", "")), prior.get("checksum"), settings)
+    return pipeline(solver, counts["samples"], counts["std_window"], operator["name"], prior.get("checksum"), settings)
+
+
+def pipeline_difference(ours: dict[str, Any], theirs: dict[str, Any]) -> tuple[str, str]:
+    """How two pipelines (`pipeline_of`) differ, as the options each was run with: e.g.
+    ``("--samples 3", "--samples 2")``; several differences are joined with "and"."""
+    def one(key: str, value: Any) -> str:
+        if key == "operator":
+            return f"the {value} operator"
+        if key == "prior_checksum":
+            return "a prior of unrecorded weights" if value is None else f"the prior {str(value)[:12]}..."
+        return f"--{key.replace('_', '-')} {value}"
+
+    mine, other = [], []
+    for key in ours:
+        if key == "solver_settings" or ours[key] == theirs.get(key):
+            continue
+        mine.append(one(key, ours[key]))
+        other.append(one(key, theirs.get(key)))
+    a, b = ours.get("solver_settings"), theirs.get("solver_settings")
+    if a != b:
+        named = len(mine)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in ("steps", "guidance"):
+                if a.get(key) != b.get(key):
+                    mine.append(f"--{key} {a.get(key)}")
+                    other.append(f"--{key} {b.get(key)}")
+            options_a, options_b = a.get("options") or {}, b.get("options") or {}
+            for key in sorted(set(options_a) | set(options_b)):
+                if options_a.get(key) != options_b.get(key):
+                    mine.append(f"--option {key}={options_a[key]}" if key in options_a else f"no option {key}")
+                    other.append(f"--option {key}={options_b[key]}" if key in options_b else f"no option {key}")
+        if len(mine) == named:  # one side did not record them, or they differ in a way not named above
+            mine.append("other solver settings" if a is not None else "unrecorded solver settings")
+            other.append("other solver settings" if b is not None else "unrecorded solver settings")
+    return " and ".join(mine), " and ".join(other)
+
+
+def _whole(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 1 (not a bool, float or string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
@@ -401,6 +455,8 @@ def nearest_unfitting(prior_dir: Path | None, pipeline: dict[str, Any], operator
 def read_calibration(path: Path) -> Calibration:
     """Parse a calibration file (plain JSON; InputError for anything else)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: --calibration is a folder; give a calibration file (.json) written by `invdiff calibrate`.")
     if not path.is_file():
         raise InputError(f"{path}: calibration file does not exist.")
     try:
@@ -416,12 +472,20 @@ def read_calibration(path: Path) -> Calibration:
         cal = Calibration(**fields_)
     except TypeError:
         raise InputError(f"{path}: the calibration file lacks fields or has unknown ones.") from None
+    check_calibration(cal, path)
+    return cal
+
+
+def check_calibration(cal: Calibration, path: Path) -> None:
+    """InputError naming ``path`` unless every field of ``cal`` is one `reconstruct` can apply
+    (read_calibration; `invdiff calibrate` checks what it is about to write the same way)."""
     scale = cal.scale
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale < 0:
-        raise InputError(f"{path}: the calibration scale must be a finite number >= 0, got {scale!r}.")
+    # a scale of 0 would turn every std into 0: a claim of certainty, not a calibration
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
+        raise InputError(f"{path}: the calibration scale must be a finite number > 0, got {scale!r}.")
     for key in ("samples", "std_window", "images"):
         value = getattr(cal, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _whole(value):
             raise InputError(f"{path}: '{key}' must be a whole number >= 1, got {value!r}.")
     if not isinstance(cal.solver, str) or not isinstance(cal.operator, str):
         raise InputError(f"{path}: 'solver' and 'operator' must be names.")
@@ -435,4 +499,3 @@ def read_calibration(path: Path) -> Calibration:
         value = getattr(cal, key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise InputError(f"{path}: '{key}' must be a finite number, got {value!r}.")
-    return cal

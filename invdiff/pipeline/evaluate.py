@@ -41,6 +41,10 @@ def load_reference(path: Path, key: str | None = None, *, axis: int = 2,
                 return data, None
         if is_measurement:
             m = read_measurement(path)
+            if key is not None:  # another of its datasets as the reference; still the measurement for the residual
+                from invdiff.io.images import read_images
+
+                return read_images(path, key=key, axis=axis).data, m
             if m.ground_truth is None:
                 raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
             return m.ground_truth, m
@@ -60,6 +64,8 @@ def reference_path(result: Path, provenance: dict[str, Any], reference: Path | N
     if reference is not None:
         return reference
     source = provenance.get("input") if isinstance(provenance, dict) else None
+    if source is not None and not isinstance(source, str):
+        raise InputError(f"{result}: the result's provenance is damaged ('input' must be a file name, got {source!r}).")
     if not source or not Path(source).exists():
         raise InputError(f"{result}: give --reference; the result's input file is not available to take the ground truth from.")
     return Path(source)

@@ -128,7 +128,9 @@ def operator_params(name: str, image_hw: tuple[int, int], opts: GeometryOptions,
         center = opts.center_fraction
         if center is None:
             center = 0.08 if acceleration <= 4 else 0.04
-        mask = make_mask(opts.mask or "random", (h, w), acceleration, center, seed)
+        # fastMRI's masks draw from numpy's RandomState, which takes 32-bit seeds: a larger
+        # --seed is folded into that range, as train folds it for numpy (the same below 2**32)
+        mask = make_mask(opts.mask or "random", (h, w), acceleration, center, seed % 2**32)
         params = {"image_shape": [2 if opts.complex_image else 1, h, w], "mask": np.asarray(mask, np.float32)}
         coils = 1 if opts.coils is None else opts.coils
         if coils < 1:

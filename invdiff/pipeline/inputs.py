@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invdiff.errors import InputError
+from invdiff.errors import InputError, naming
 from invdiff.io.hdf5 import Measurement, check_radon_geometry, read_measurement
 from invdiff.pipeline.file_geometry import apply_options
 from invdiff.pipeline.geometry import GeometryOptions, _json_params, operator_params
@@ -93,6 +93,10 @@ def _foreign_measurement(
 ) -> Measurement:
     """A sinogram or blurred image from an NPY/TIFF file, its geometry from the options."""
     if operator not in _FOREIGN:
+        from invdiff.operators.base import get_operator_class
+
+        with naming(path):
+            get_operator_class(operator)  # an unknown name: say so, with the choices
         raise InputError(f"{path}: {operator} measurements must come as HDF5 files.")
     from invdiff.io.images import read_array
 
@@ -106,6 +110,9 @@ def _foreign_measurement(
         raise InputError(f"{path}: a {what} must be {layout}; got shape {data.shape}.")
     if data.size == 0:
         raise InputError(f"{path}: the {what} is empty (shape {data.shape}).")
+    if operator == "blur" and geometry.psf is None and "psf" not in _json_params(geometry.operator_params):
+        raise InputError(f"{path}: a blurred image in a {path.suffix.lower()} file carries no PSF; give the one it was "
+                         "blurred with, --psf gaussian:SIGMA_PX, airy:WAVELENGTH_NM,NA,PIXEL_NM or FILE.tif.")
     if operator == "radon":
         n = image_size or int(math.floor(data.shape[2] / math.sqrt(2)))
         if n < 1:

@@ -18,14 +18,14 @@ from invdiff.operators.base import config_to_json
 
 def provenance(m: Measurement, info: dict[str, Any], *, seed: int, device: str, prior=None) -> dict[str, Any]:
     """The ``invdiff_provenance`` record (DESIGN.md section 2)."""
-    text, _ = config_to_json(m.operator)
+    text, arrays = config_to_json(m.operator)
     import json
 
     record = {
         "invdiff_version": invdiff.__version__,
         "command_line": shlex.join(["invdiff", *sys.argv[1:]]),
         "input": str(m.source) if m.source else None,
-        "operator": json.loads(text),
+        "operator": _summarised(json.loads(text), arrays),
         # the reconstruction's units (the measurement's attrs): "mu_per_mm" for a CT DICOM in HU
         # that simulate converted, which evaluate needs to compare with that DICOM
         "units": str(m.attrs.get("units", "image")),
@@ -39,6 +39,24 @@ def provenance(m: Measurement, info: dict[str, Any], *, seed: int, device: str, 
         record["prior"] = {"path": str(path) if path else "", "checksum": getattr(prior, "checksum", None),
                            "network_dtype": getattr(prior, "network_dtype", "float32")}
     return record
+
+
+def _summarised(config: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """``config`` (from `config_to_json`) with each ``{"$array": path}`` reference replaced by
+    the array's summary ``{"array": path, "shape", "dtype", "sha256"}``: the result file holds
+    no copy of the operator's arrays (a mask, a PSF, coil maps), so the provenance must not
+    point at datasets it lacks; the checksum still identifies the array used."""
+    import hashlib
+
+    if isinstance(config, dict):
+        if set(config) == {"$array"} and config["$array"] in arrays:
+            a = np.ascontiguousarray(arrays[config["$array"]])
+            return {"array": config["$array"], "shape": list(a.shape), "dtype": str(a.dtype),
+                    "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+        return {k: _summarised(v, arrays) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_summarised(v, arrays) for v in config]
+    return config
 
 
 def dicom_modality(operator_name: str) -> str:

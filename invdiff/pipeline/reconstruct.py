@@ -27,6 +27,7 @@ import torch
 
 from invdiff.errors import DivergenceError, InputError, naming
 from invdiff.io.hdf5 import Measurement
+from invdiff.memory import physical_memory
 from invdiff.operators.base import Operator, build_operator, to_complex
 from invdiff.pipeline import calibration as calib
 from invdiff.pipeline.operator_cache import cached_operator
@@ -117,15 +118,6 @@ def expected_measurement_shape(name: str, params: dict) -> tuple[int, ...] | Non
 IMAGE_COPIES = 64
 
 
-def _physical_memory() -> int | None:
-    import os
-
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_shape_before_building(m: Measurement) -> None:
     """Compare the data with the shape the description implies before building the operator,
     so that an edited description (a 20000x20000 image, say) cannot allocate a huge operator."""
@@ -134,7 +126,7 @@ def check_shape_before_building(m: Measurement) -> None:
         _, height, width = (int(v) for v in m.operator["params"]["image_shape"])
     except (KeyError, TypeError, ValueError):
         height = width = 0  # building the operator reports a bad or missing image shape
-    memory = _physical_memory()
+    memory = physical_memory()
     if memory is not None and height > 0 and width > 0 and height * width * 4 * IMAGE_COPIES > memory:
         raise InputError(f"{source}: the {height}x{width} image its operator describes is too large for this "
                          f"machine's {memory / 2**30:.0f} GiB of memory.")

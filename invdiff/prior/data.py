@@ -79,10 +79,21 @@ class Normalisation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalisation":
+        """From a prior config's ``normalisation`` object; InputError naming the config field
+        (``normalisation.kind``, not the train option that set it) for a bad value."""
+        kind, units = d["kind"], str(d.get("units", "image"))
+        if kind not in ("percentile", "window"):
+            raise InputError(f"normalisation.kind {kind!r} is not one of percentile, window.")
+        if units not in ("HU", "image"):
+            raise InputError(f"normalisation.units {units!r} is not one of HU, image.")
         window = d.get("window")
-        return cls(kind=d["kind"], percentile=float(d.get("percentile", 99.5)),
-                   window=tuple(float(v) for v in window) if window is not None else None,
-                   units=str(d.get("units", "image")))
+        window = tuple(float(v) for v in window) if window is not None else None
+        if kind == "window" and (window is None or len(window) != 2 or not window[1] > window[0]):
+            raise InputError(f"normalisation.window must be [LO, HI] with HI > LO for kind 'window', got {d.get('window')!r}.")
+        percentile = float(d.get("percentile", 99.5))
+        if not 0 < percentile <= 100:
+            raise InputError(f"normalisation.percentile must lie in (0, 100], got {percentile:g}.")
+        return cls(kind=kind, percentile=percentile, window=window, units=units)
 
 
 @dataclass

@@ -120,6 +120,14 @@ def average_gradients(module: nn.Module, info: DistInfo) -> None:
         offset += n
 
 
+def all_min(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The elementwise minimum of ``values`` over all ranks (``values`` itself in one process);
+    every rank must call it at the same point."""
+    if info.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return values
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -191,8 +191,8 @@ def check_config(config: Any, path: Path) -> dict:
         Normalisation.from_dict(config["normalisation"])
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise InputError(f"{path}: prior config is incomplete or edited (bad or missing entry {exc}).") from None
-    except InputError as exc:
-        raise InputError(f"{path}: prior config holds a bad value ({exc}).") from None
+    except InputError as exc:  # a bad value, named by its config field (normalisation.kind, ...)
+        raise InputError(f"{path}: prior config: {str(exc).rstrip('.')}.") from None
     problem = None
     if not all(math.isfinite(v) and v <= SIGMA_LIMIT for v in (sigma_data, sigma_min, sigma_max)) \
             or not 0 < sigma_min < sigma_max or sigma_data <= 0:

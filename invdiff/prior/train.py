@@ -13,6 +13,12 @@ Every ``checkpoint_every`` steps rank 0 writes, atomically:
 - ``training_log.json`` and ``training_log.csv``: step, train loss, validation losses, lr, images/s.
 ``resume=True`` restores all of it, so a killed run continues exactly: on the CPU the weights
 after N straight steps and after N/2 + resume + N/2 are bitwise equal.
+
+A run that diverges stops with an InputError ("training diverged at step N ...") and writes
+nothing more: the first non-finite training loss is tracked on the device (no sync per step)
+and checked at every log row, and the weights are checked before every write, on all ranks
+together (one all-reduce), so the prior and checkpoint on disk are those of the last good
+checkpoint, which ``--resume`` continues from.
 """
 
 from __future__ import annotations
@@ -329,6 +335,7 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
                         data_gen, noise_gen, device)
         _write_log(out_dir, history)
 
+    divergence = _Divergence(device)
     t_start = time.perf_counter()
     t_window, loss_acc, n_acc = time.perf_counter(), torch.zeros((), device=device), 0
     val_every = s.val_every or s.checkpoint_every
@@ -357,9 +364,12 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
         ema.update(model, step)
         loss_acc += loss.detach().float()
         n_acc += 1
-
         done = step + 1
-        if done % s.log_every == 0 or done == s.steps or done % val_every == 0 or done % s.checkpoint_every == 0:
+        divergence.track(loss, done)
+
+        writing = done % s.checkpoint_every == 0 or done == s.steps
+        if done % s.log_every == 0 or done % val_every == 0 or writing:
+            divergence.check(done, info, [model, ema.model] if writing else [])
             now = time.perf_counter()
             ips = n_acc * s.batch_size / max(now - t_window, 1e-9)
             row = {"step": done, "train_loss": float(loss_acc) / max(n_acc, 1), "lr": _lr(s, step),
@@ -374,7 +384,7 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
             if on_step is not None and info.is_main:
                 on_step(StepReport(done, row["train_loss"], ips, row["lr"]))
             t_window, loss_acc, n_acc = time.perf_counter(), torch.zeros((), device=device), 0
-        if info.is_main and (done % s.checkpoint_every == 0 or done == s.steps):
+        if info.is_main and writing:
             write_outputs(done, elapsed0 + time.perf_counter() - t_start)
         if done % s.checkpoint_every == 0:
             ddp.barrier(info)
@@ -388,6 +398,41 @@ def train(s: TrainSettings, train_set: ImageSet, out_dir: Path, *, norm: Normali
                "wall_s": round(time.perf_counter() - t_start, 2)}
     ddp.cleanup(info)
     return summary
+
+
+class _Divergence:
+    """The first step whose training loss was not finite, kept on the device so that no step
+    waits for the GPU; `check` reads it (with the weights' finiteness) on every rank at once
+    and raises the same InputError on all of them."""
+
+    NEVER = torch.iinfo(torch.int64).max
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), self.NEVER, dtype=torch.int64, device=device)
+        self.nan = torch.zeros((), dtype=torch.int64, device=device)
+
+    def track(self, loss: torch.Tensor, step: int) -> None:
+        """Note ``step`` (1-based) if it is the first whose ``loss`` is NaN or Inf."""
+        value = loss.detach().float()
+        new = (self.first == self.NEVER) & ~torch.isfinite(value)
+        self.first = torch.where(new, step, self.first)
+        self.nan = torch.where(new, torch.isnan(value).long(), self.nan)
+
+    def check(self, step: int, info: ddp.DistInfo, modules: list[torch.nn.Module]) -> None:
+        """InputError on every rank if any rank saw a non-finite loss, or if ``modules`` (the
+        weights about to be written; none between checkpoints) hold NaN or Inf values."""
+        tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+        bad_weights = (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).long() if tensors else 0
+        status = torch.stack([self.first, -self.nan, -torch.as_tensor(bad_weights, device=self.first.device)])
+        first, nan, weights = ddp.all_min(status, info).tolist()
+        if first == self.NEVER and not weights:
+            return
+        ddp.cleanup(info)
+        if first != self.NEVER:
+            raise InputError(f"training diverged at step {first} (loss is {'NaN' if nan else 'Inf'}); "
+                             "lower --lr or check the data.")
+        raise InputError(f"training diverged at step {step} (the weights hold NaN or Inf values); "
+                         "lower --lr or check the data.")
 
 
 def init_weights(model: Precond, prior_dir: Path) -> None:
