@@ -162,7 +162,13 @@ def test_two_files_at_one_slice_position_are_refused_naming_both(tmp_path):
     for k, s in enumerate(slices):
         make_ct_slice(tmp_path / f"f{k}.dcm", s, z=2.5 * k, instance=k + 1)
     make_ct_slice(tmp_path / "g.dcm", slices[1], z=2.5, instance=9)
-    with pytest.raises(InputError, match=r"g\.dcm: lies at the same slice position as f1\.dcm \(2\.5 mm"):
+    with pytest.raises(InputError, match=r"g\.dcm: lies at the same slice position as f1\.dcm \(2\.5 mm.*duplicate"):
+        read_images(tmp_path)
+    for name, echo in (("f1.dcm", 15.0), ("g.dcm", 90.0)):  # a dual-echo series: two images per position
+        ds = pydicom.dcmread(tmp_path / name)
+        ds.EchoTime = echo
+        ds.save_as(tmp_path / name)
+    with pytest.raises(InputError, match=r"other echo times \(15(\.0)? and 90(\.0)?\).*one folder per echo"):
         read_images(tmp_path)
     (tmp_path / "g.dcm").unlink()
     shutil.copy(tmp_path / "f1.dcm", tmp_path / "h.dcm")

@@ -335,7 +335,19 @@ def _refuse_duplicates(slices: list, positions: np.ndarray | None) -> None:
         other = at.setdefault(float(position), entry)
         if other[0] != entry[0]:
             raise InputError(f"{entry[0]}: lies at the same slice position as {other[0].name} ({position:g} mm along "
-                             "the slice normal) in one series, a duplicate export; remove one of them.")
+                             f"the slice normal) in one series, {_why_two_at_one_position(other[1], entry[1])}.")
+
+
+def _why_two_at_one_position(a: Any, b: Any) -> str:
+    """What two images of one series at one slice position most likely are, and what to do:
+    echoes or time points of a multi-echo / dynamic series (split it), else a duplicate export."""
+    for keyword, what in (("EchoTime", "echo times"), ("EchoNumbers", "echo numbers"),
+                          ("TemporalPositionIdentifier", "time points"), ("AcquisitionNumber", "acquisitions")):
+        first, second = a.get(keyword), b.get(keyword)
+        if first not in (None, "") and second not in (None, "") and str(first) != str(second):
+            return (f"with other {what} ({first} and {second}): a series of several images per position; "
+                    "give one folder per echo or time point")
+    return "a duplicate export; remove one of them"
 
 
 def _spacing(ds: Any, positions: np.ndarray | None) -> tuple[float | None, float, float] | None:
