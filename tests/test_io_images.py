@@ -159,8 +159,8 @@ def test_nifti_odd_orientation_is_canonicalised(tmp_path, rng):
     np.testing.assert_array_equal(axial.data, lps.transpose(2, 1, 0))
     assert axial.spacing == pytest.approx((sz, sy, sx))
     nibabel.save(nibabel.Nifti1Image(odd, affine), tmp_path / "v.nii")
-    sagittal = read_images(tmp_path / "v.nii", axis=0)  # rows S->I, columns A->P
-    np.testing.assert_array_equal(sagittal.data, lps.transpose(0, 2, 1)[:, ::-1, :])
+    sagittal = read_images(tmp_path / "v.nii", axis=0)  # slices L->R, rows S->I, columns A->P
+    np.testing.assert_array_equal(sagittal.data, lps.transpose(0, 2, 1)[::-1, ::-1, :])
     assert sagittal.spacing == pytest.approx((sx, sz, sy))
     with pytest.raises(InputError, match=r"v\.nii.*axis"):
         read_images(tmp_path / "v.nii", axis=3)

@@ -81,12 +81,9 @@ def test_nifti_slices_equal_the_dicom_series_of_the_same_scan(tmp_path, plane, s
     axis = PLANES[plane][0]
     from_nifti = read_images(nifti(tmp_path / "v.nii.gz", volume, stored_as), axis=axis)
     from_dicom = read_images(dicom_series(tmp_path / plane, volume, plane))
-    expected = from_dicom.data
-    if plane == "sagittal":
-        # DICOM sorts along the normal of IOP [0,1,0,0,0,-1], which points to patient right
-        # (L->R); NIfTI slices follow increasing LPS x (R->L), as its other axes do
-        expected = expected[::-1]
-    np.testing.assert_array_equal(from_nifti.data, expected)
+    # slice order too: DICOM sorts along the normal of its orientation (sagittal
+    # [0,1,0,0,0,-1]: towards patient right, so left -> right), and so does the NIfTI reader
+    np.testing.assert_array_equal(from_nifti.data, from_dicom.data)
     assert from_nifti.spacing == pytest.approx(from_dicom.spacing)
 
 
@@ -103,7 +100,7 @@ def test_axial_nifti_slice_shows_anterior_up_and_patient_right_on_the_left(tmp_p
 def test_coronal_and_sagittal_nifti_slices_have_superior_up(tmp_path, axis, spacing):
     stack = read_images(nifti(tmp_path / "v.nii.gz", lps_volume(), "lps"), axis=axis)
     assert stack.spacing == pytest.approx(spacing)
-    first = stack.data[0]  # patient right (sagittal) or anterior (coronal): holds the marker
+    first = stack.data[-1 if axis == 0 else 0]  # patient right (sagittal: the last) or anterior (coronal): holds the marker
     assert np.all(first[:2, :2] == MARKER)  # superior at the top, anterior / patient right at the left
 
 

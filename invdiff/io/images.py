@@ -19,8 +19,8 @@ Conventions (the choices a reader has to make):
   display convention, so that a NIfTI volume and the DICOM series of the same scan give the
   same arrays: axial slices have rows anterior->posterior and columns right->left, coronal
   rows superior->inferior and columns right->left, sagittal rows superior->inferior and
-  columns anterior->posterior; slices go in increasing LPS coordinate (axial:
-  inferior->superior).
+  columns anterior->posterior; slices go along the slice normal as a DICOM series is sorted
+  (axial: inferior->superior, coronal: anterior->posterior, sagittal: left->right).
 - ``spacing`` is ``(slice, row, column)`` in mm when the format records it (DICOM, NIfTI),
   else None; the slice spacing may be None for a single DICOM slice.
 - HDF5 without ``key``: the only image dataset in the file, (H, W) or (slices, H, W) once
@@ -546,8 +546,10 @@ def _display_slices(
     axis: 2 (axial): rows anterior->posterior, columns right->left (what DICOM
         ImageOrientationPatient ``[1,0,0,0,1,0]`` displays); 1 (coronal): rows superior->inferior,
         columns right->left; 0 (sagittal): rows superior->inferior, columns anterior->posterior.
-        Slices follow the axis in increasing LPS coordinate (axial: inferior->superior;
-        coronal: anterior->posterior; sagittal: right->left).
+        Slices go along the normal of that DICOM orientation, as a DICOM series is sorted
+        (axial: inferior->superior; coronal: anterior->posterior; sagittal, whose
+        ImageOrientationPatient ``[0,1,0,0,0,-1]`` has its normal towards patient right:
+        left->right).
     Returns ``(slices, H, W)`` and its spacing ``(slice, row, column)`` in mm.
     """
     dx, dy, dz = zooms
@@ -555,7 +557,7 @@ def _display_slices(
         return np.transpose(lps, (2, 1, 0)), (dz, dy, dx)
     if axis == 1:
         return np.transpose(lps, (1, 2, 0))[:, ::-1, :], (dy, dz, dx)
-    return np.transpose(lps, (0, 2, 1))[:, ::-1, :], (dx, dz, dy)
+    return np.transpose(lps, (0, 2, 1))[::-1, ::-1, :], (dx, dz, dy)
 
 
 def _check_nifti_size(header: Any, path: Path) -> None:
