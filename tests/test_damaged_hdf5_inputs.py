@@ -192,14 +192,21 @@ def _external_storage(path: Path, key: str) -> Path:
     return path
 
 
+def _move_out(f: h5py.File, key: str, other: Path) -> np.ndarray:
+    """Delete dataset ``key`` of the open file ``f`` and write its data as ``data`` in the new
+    HDF5 file ``other``; returns the data."""
+    data = f[key][()]
+    del f[key]
+    with h5py.File(other, "w") as g:
+        g["data"] = data
+    return data
+
+
 def _external_link(path: Path, key: str) -> Path:
     """Move dataset ``key`` of ``path`` into another HDF5 file, linked to from ``path``."""
     other = path.with_name(f"{path.stem}_other.h5")
     with h5py.File(path, "a") as f:
-        data = f[key][()]
-        del f[key]
-        with h5py.File(other, "w") as g:
-            g["data"] = data
+        _move_out(f, key, other)
         f[key] = h5py.ExternalLink(other.name, "/data")
     return path
 
@@ -208,10 +215,7 @@ def _virtual(path: Path, key: str) -> Path:
     """Make dataset ``key`` of ``path`` a virtual dataset mapping another file's data."""
     other = path.with_name(f"{path.stem}_source.h5")
     with h5py.File(path, "a") as f:
-        data = f[key][()]
-        del f[key]
-        with h5py.File(other, "w") as g:
-            g["data"] = data
+        data = _move_out(f, key, other)
         layout = h5py.VirtualLayout(shape=data.shape, dtype=data.dtype)
         layout[...] = h5py.VirtualSource(str(other), "data", shape=data.shape)
         f.create_virtual_dataset(key, layout)

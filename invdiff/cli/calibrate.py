@@ -45,7 +45,7 @@ def calibrate(
     from invdiff.io.hdf5 import read_result
     from invdiff.pipeline.calibration import (Calibration, calibrate as fit, check_alpha, check_calibration, mean_settings,
                                               operator_settings, pipeline_difference, pipeline_of)
-    from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume, require_reference, result_units
+    from invdiff.pipeline.evaluate import load_reference, reference_path, reference_volume, result_units
     from invdiff.pipeline.inputs import HDF5_SUFFIXES
 
     check_alpha(alpha)
@@ -81,7 +81,7 @@ def calibrate(
             raise InputError(f"{path}: made with {this}, {files[0]} with {that}; calibrate one pipeline at a time.")
         if res["std"] is None:
             raise InputError(f"{path}: holds no 'std'; reconstruct with a prior and --samples 2 or more.")
-        ref_path = require_reference(reference_path(path, prov, reference))
+        ref_path = require_file(reference_path(path, prov, reference), "reference", allow_folder=True)
         truth = reference_volume(load_reference(ref_path, key, units=result_units(prov))[0])
         if truth.shape != res["reconstruction"].shape:
             raise InputError(f"{ref_path}: the reference has shape {truth.shape} but the reconstruction in {path} has "

@@ -224,10 +224,13 @@ def emit_json(obj: Any) -> None:
     print(json.dumps(json_plain(obj), allow_nan=False))
 
 
-def require_file(path: Path, what: str = "input") -> Path:
-    """InputError unless ``path`` is an existing, non-empty file."""
+def require_file(path: Path, what: str = "input", *, allow_folder: bool = False) -> Path:
+    """InputError unless ``path`` is an existing, non-empty file, or, with ``allow_folder``, a
+    folder (a DICOM series: its reader says so when it is none)."""
     if not path.exists():
         raise InputError(f"{path}: {what} file does not exist.")
+    if path.is_dir() and allow_folder:
+        return path
     if path.is_dir():
         raise InputError(f"{path}: {what} is a folder, not a file.")
     if path.stat().st_size == 0:

@@ -52,11 +52,11 @@ def evaluate(
     check_device(device)
     from invdiff.io.hdf5 import read_measurement, read_result
     from invdiff.pipeline.evaluate import evaluate as run_evaluate
-    from invdiff.pipeline.evaluate import load_reference, reference_path, require_reference, result_units
+    from invdiff.pipeline.evaluate import load_reference, reference_path, result_units
 
     require_file(result, "result")
     res = read_result(result)
-    reference = require_reference(reference_path(result, res["provenance"], reference))
+    reference = require_file(reference_path(result, res["provenance"], reference), "reference", allow_folder=True)
     given = read_measurement(require_file(measurement, "measurement")) if measurement is not None else None
     ref, m = load_reference(reference, key, axis=nifti_axis(reference, axis), units=result_units(res["provenance"], given))
     m = given or m

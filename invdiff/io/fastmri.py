@@ -214,11 +214,8 @@ def _text(value: Any) -> str | None:
     string), else None. Bytes that are not UTF-8 are decoded with replacement characters."""
     if isinstance(value, np.ndarray) and value.dtype.kind in "SUO" and value.size == 1:
         value = value.reshape(-1)[0]
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return str(value)
-    return None
+    value = _attr(value)  # bytes decoded as UTF-8
+    return str(value) if isinstance(value, str) else None
 
 
 def _target(f: h5py.File, key: str, path: Path) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from invdiff import metrics
 from invdiff.errors import InputError
 from invdiff.io.hdf5 import Measurement, read_array, read_measurement, reading
+from invdiff.io.images import read_images
 
 
 def load_reference(path: Path, key: str | None = None, *, axis: int = 2,
@@ -42,14 +43,10 @@ def load_reference(path: Path, key: str | None = None, *, axis: int = 2,
         if is_measurement:
             m = read_measurement(path)
             if key is not None:  # another of its datasets as the reference; still the measurement for the residual
-                from invdiff.io.images import read_images
-
                 return read_images(path, key=key, axis=axis).data, m
             if m.ground_truth is None:
                 raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
             return m.ground_truth, m
-    from invdiff.io.images import read_images
-
     stack = read_images(path, key=key, axis=axis)
     if stack.hounsfield and units == "mu_per_mm":
         from invdiff.io.dicom import hu_to_mu
@@ -69,18 +66,6 @@ def reference_path(result: Path, provenance: dict[str, Any], reference: Path | N
     if not source or not Path(source).exists():
         raise InputError(f"{result}: give --reference; the result's input file is not available to take the ground truth from.")
     return Path(source)
-
-
-def require_reference(path: Path) -> Path:
-    """``path`` when it can be a reference: an existing non-empty file, or a folder (a DICOM
-    series; read_images says so when it is not one)."""
-    if path.is_dir():
-        return path
-    if not path.exists():
-        raise InputError(f"{path}: reference file does not exist.")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: reference file is empty.")
-    return path
 
 
 def result_units(provenance: dict[str, Any], measurement: Measurement | None = None) -> str | None:

@@ -36,6 +36,36 @@ from invdiff.errors import InputError
 FITS = ("crop", "resize", "exact")
 
 
+def _bad_field(kind: str, percentile: float, window: tuple | None, units: str) -> str | None:
+    """The first field of a normalisation that is not valid ("kind", "units", "window" or
+    "percentile"), or None."""
+    if kind not in ("percentile", "window"):
+        return "kind"
+    if units not in ("HU", "image"):
+        return "units"
+    if kind == "window" and (window is None or len(window) != 2 or not window[1] > window[0]):
+        return "window"
+    if not 0 < percentile <= 100:
+        return "percentile"
+    return None
+
+
+#: a bad field named by the train options that set it ...
+_OPTION_WORDS = {
+    "kind": "--normalise '{kind}' is not one of percentile, window.",
+    "units": "normalisation units '{units}' are not one of HU, image.",
+    "window": "--window must give LO,HI with HI > LO for --normalise window.",
+    "percentile": "--percentile must lie in (0, 100].",
+}
+#: ... or by its entry in a prior's config.json
+_CONFIG_WORDS = {
+    "kind": "normalisation.kind {kind!r} is not one of percentile, window.",
+    "units": "normalisation.units {units!r} is not one of HU, image.",
+    "window": "normalisation.window must be [LO, HI] with HI > LO for kind 'window', got {window!r}.",
+    "percentile": "normalisation.percentile must lie in (0, 100], got {percentile:g}.",
+}
+
+
 @dataclass
 class Normalisation:
     """x_norm = (x - offset) / scale, per slice scale for ``percentile``, fixed for ``window``."""
@@ -46,15 +76,9 @@ class Normalisation:
     units: str = "image"  # what the window is in: "HU" or "image" (the files' own units)
 
     def __post_init__(self):
-        if self.kind not in ("percentile", "window"):
-            raise InputError(f"--normalise '{self.kind}' is not one of percentile, window.")
-        if self.units not in ("HU", "image"):
-            raise InputError(f"normalisation units '{self.units}' are not one of HU, image.")
-        if self.kind == "window":
-            if self.window is None or not self.window[1] > self.window[0]:
-                raise InputError("--window must give LO,HI with HI > LO for --normalise window.")
-        if not 0 < self.percentile <= 100:
-            raise InputError("--percentile must lie in (0, 100].")
+        field = _bad_field(self.kind, self.percentile, self.window, self.units)
+        if field is not None:
+            raise InputError(_OPTION_WORDS[field].format(kind=self.kind, units=self.units))
 
     @property
     def offset(self) -> float:
@@ -82,17 +106,13 @@ class Normalisation:
         """From a prior config's ``normalisation`` object; InputError naming the config field
         (``normalisation.kind``, not the train option that set it) for a bad value."""
         kind, units = d["kind"], str(d.get("units", "image"))
-        if kind not in ("percentile", "window"):
-            raise InputError(f"normalisation.kind {kind!r} is not one of percentile, window.")
-        if units not in ("HU", "image"):
-            raise InputError(f"normalisation.units {units!r} is not one of HU, image.")
         window = d.get("window")
         window = tuple(float(v) for v in window) if window is not None else None
-        if kind == "window" and (window is None or len(window) != 2 or not window[1] > window[0]):
-            raise InputError(f"normalisation.window must be [LO, HI] with HI > LO for kind 'window', got {d.get('window')!r}.")
         percentile = float(d.get("percentile", 99.5))
-        if not 0 < percentile <= 100:
-            raise InputError(f"normalisation.percentile must lie in (0, 100], got {percentile:g}.")
+        field = _bad_field(kind, percentile, window, units)
+        if field is not None:
+            raise InputError(_CONFIG_WORDS[field].format(kind=kind, units=units, window=d.get("window"),
+                                                         percentile=percentile))
         return cls(kind=kind, percentile=percentile, window=window, units=units)
 
 
