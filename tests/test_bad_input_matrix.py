@@ -202,7 +202,7 @@ IMAGES = {
     "not_dicom": ("fake.dcm", lambda p: (p.write_bytes(b"not a DICOM file, just text" * 20), p)[1], None, "not a DICOM file"),
     "compressed_dicom": ("jls.dcm", lambda p: ct_slice(p, np.ones((32, 32), np.uint16), compressed=True), None, "no decoder"),
     "series_two_sizes": ("series", _series_of_two_sizes, "b.dcm", "differs"),
-    "nifti_4d": ("four.nii.gz", lambda p: _nifti(p, (32, 32, 2, 2)), None, "4 dimensions"),
+    "nifti_4d": ("four.nii.gz", lambda p: _nifti(p, (32, 32, 2, 2)), None, "holds 2 volumes"),
     "nifti_singular_orientation": ("flat.nii", _singular_nifti, None, "NIfTI"),
     "rgb": ("rgb.png", _rgb_png, None, "got 3 channels"),
     "nan": ("nan.npy", _npy(np.where(np.eye(32, dtype=bool), np.nan, 1.0)), None, "NaN"),
@@ -243,6 +243,11 @@ def test_bad_image_file(world, tmp_path, capsys, case, command):
     }[command]
     if command in ("info", "evaluate") and case == "series_two_sizes":
         culprit, fragment = bad, None  # a folder is not a single reference image / not a prior
+    if command == "info" and case == "nifti_4d":  # info describes it: its volumes, the first one's data
+        assert invdiff("info", bad, "--json") == 0
+        described = json.loads(capsys.readouterr().out)
+        assert described["volumes"] == 2 and described["data"]["shape"] == [2, 32, 32]
+        return
     expect_bad(tmp_path, capsys, args, culprit, fragment)
 
 

@@ -59,7 +59,7 @@ def test_several_series_are_named_in_the_error(tmp_path):
         read_images(tmp_path)
     assert str(caught.value) == (
         f"{tmp_path}: folder holds 3 DICOM series (series 3 'AX T1' (MR, 3 files); series 1 'Localizer' (MR, 1 file); "
-        "unnumbered series (CT, 1 file)); give a folder that holds one series."
+        "unnumbered series (CT, 1 file)); give --series with the number of the one to read, or a folder that holds one series."
     )
 
 

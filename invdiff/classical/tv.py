@@ -51,8 +51,14 @@ def solve_tv(
     x0: torch.Tensor,
     step_ratio: float = STEP_RATIO,
     callback: Callback | None = None,
+    anchor: torch.Tensor | None = None,
+    anchor_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Chambolle-Pock iterations from ``x0 (B, C, H, W)``; returns the last primal iterate."""
+    """Chambolle-Pock iterations from ``x0 (B, C, H, W)``; returns the last primal iterate.
+
+    With ``anchor`` a the objective gains ``0.5 * anchor_weight * ||x - a||^2`` (the proximal
+    term of a splitting solver), handled in the primal step's proximal map
+    ``x = (v + tau mu a) / (1 + tau mu)``."""
     operator = data.operator
     sqrt_w = data.weights.sqrt()
     b = sqrt_w * data.y
@@ -76,6 +82,8 @@ def solve_tv(
             p = p + sigma_p * gradient(x_bar)
             p = p * (lam / torch.clamp(gradient_magnitude(p), min=lam))
         x_new = x - tau * (operator.adjoint(sqrt_w * q) - divergence(p))
+        if anchor is not None and anchor_weight > 0:
+            x_new = (x_new + (tau * anchor_weight) * anchor) / (1.0 + tau * anchor_weight)
         if nonnegative:
             x_new = x_new.clamp(min=0)
         x_bar = 2.0 * x_new - x

@@ -10,11 +10,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
 from invdiff.errors import InputError
+from invdiff.notices import loudness, set_quiet
 
 #: click's usage-error base class as Typer raises it: the real ``click.ClickException`` for
 #: Typer < 0.22, Typer's vendored copy (``typer._click``) after; found through the public
@@ -38,7 +39,10 @@ def check_seed(seed: int) -> int:
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto: cuda when available).")]
 SeedOpt = Annotated[int, typer.Option("--seed", callback=check_seed, help=f"Random seed, 0 to {SEED_MAX}; the same seed and device give the same result.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON object on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", callback=set_quiet, help="No progress bar, summary table or warnings.")]
+VolumeOpt = Annotated[Optional[int], typer.Option("--volume", help="4-D NIfTI (fMRI time points, diffusion directions): the volume to read, from 0.")]
+SeriesOpt = Annotated[Optional[str], typer.Option("--series", help="DICOM folder that holds several series: the one to read, by SeriesNumber or SeriesInstanceUID.")]
+GreyOpt = Annotated[bool, typer.Option("--grey", help="Read colour PNG/JPEG/TIFF images as grey (luma 0.299 R + 0.587 G + 0.114 B) instead of refusing them.")]
 # the --device and --seed every command takes (DESIGN.md section 1), on a command that has no use for them
 AcceptedDeviceOpt = Annotated[str, typer.Option("--device", help="Accepted as on every command (auto, cpu, cuda); this command computes on the CPU.")]
 AcceptedSeedOpt = Annotated[int, typer.Option("--seed", callback=check_seed, help="Accepted as on every command; this command draws no random numbers.")]
@@ -48,7 +52,8 @@ Bf16Opt = Annotated[bool, typer.Option("--bf16", help="Run the prior's network i
 def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run the Typer app and map outcomes to exit codes: 0 ok, 2 bad input/usage, 1 internal."""
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="invdiff")
+        with loudness(False):
+            code = app(args=argv, standalone_mode=False, prog_name="invdiff")
     except InputError as exc:
         _error(str(exc))
         return 2

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, JsonOpt, QuietOpt, check_device, emit_json,
+from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, GreyOpt, JsonOpt, QuietOpt, SeriesOpt, VolumeOpt, check_device, emit_json,
                                 nifti_axis, require_file)
 from invdiff.errors import InputError
 
@@ -43,6 +43,9 @@ def evaluate(
     data_range: Annotated[Optional[float], typer.Option("--data-range", help="PSNR/SSIM data range (default: reference volume max).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset name inside an HDF5/NPZ reference.")] = None,
     axis: Annotated[Optional[int], typer.Option("--axis", help="NIfTI reference: the axis to slice along, as given to `invdiff simulate` (0, 1, 2; default 2, axial).")] = None,
+    volume: VolumeOpt = None,
+    series: SeriesOpt = None,
+    grey: GreyOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     device: AcceptedDeviceOpt = "auto",
@@ -58,7 +61,8 @@ def evaluate(
     res = read_result(result)
     reference = require_file(reference_path(result, res["provenance"], reference), "reference", allow_folder=True)
     given = read_measurement(require_file(measurement, "measurement")) if measurement is not None else None
-    ref, m = load_reference(reference, key, axis=nifti_axis(reference, axis), units=result_units(res["provenance"], given))
+    ref, m = load_reference(reference, key, axis=nifti_axis(reference, axis), units=result_units(res["provenance"], given),
+                            allow_rgb=grey, volume=volume, series=series)
     m = given or m
     if m is not None:
         from invdiff.pipeline.reconstruct import check_data

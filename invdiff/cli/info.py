@@ -43,6 +43,13 @@ def describe_file(path: Path) -> dict[str, Any]:
 
         if not is_dicom_folder(path):
             raise InputError(f"{path}: folder is neither a prior (no config.json) nor a DICOM series (no DICOM files).")
+        from invdiff.io import dicom
+        from invdiff.io.images import dicom_files
+
+        groups = dicom.group_dicom_series(dicom_files(path))
+        if len(groups) > 1:  # what --series can pick
+            return {"kind": "DICOM folder of several series (pick one with --series)", "path": str(path),
+                    "series": [dicom.series_summary(files) for files in groups]}
     suffix = path.suffix.lower()
     if suffix == ".json":
         import dataclasses
@@ -69,10 +76,13 @@ def describe_file(path: Path) -> dict[str, Any]:
 
     if suffix in RAW_SUFFIXES:  # Siemens raw data (twix): what `invdiff reconstruct` would read from it
         return _describe_measurement(path, read_measurement_file(path))
-    from invdiff.io.images import read_images
+    from invdiff.io.images import nifti_volumes, read_images
 
-    stack = read_images(path)
+    volumes = nifti_volumes(path)
+    stack = read_images(path, volume=0 if volumes > 1 else None)
     out = {"kind": f"image ({stack.kind})", "path": str(path), "data": _array_summary(stack.data)}
+    if volumes > 1:  # a 4-D NIfTI: the first volume is described; --volume picks one elsewhere
+        out.update(volumes=volumes, data_of="volume 0 (pick one with --volume)")
     if stack.hounsfield:
         out["units"] = "HU"
     if stack.spacing is not None:  # (between slices or None, rows, columns) in mm

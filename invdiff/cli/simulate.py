@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, JsonOpt, QuietOpt, SeedOpt, check_output, check_suffix, emit_json, nifti_axis,
+from invdiff.cli.common import (DeviceOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output, check_suffix, emit_json, nifti_axis,
                                 refuse_clobbering, resolve_device)
 from invdiff.cli.options import (
     AccelerationOpt,
@@ -30,6 +29,7 @@ from invdiff.cli.options import (
     geometry_from_options,
 )
 from invdiff.errors import naming
+from invdiff.notices import warn
 
 
 @app.command(
@@ -65,6 +65,9 @@ def simulate(
     read_noise: Annotated[float, typer.Option("--read-noise", help="Microscopy read-noise std in photons (with --photons).")] = 0.0,
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset/array name inside HDF5/NPZ inputs.")] = None,
     axis: Annotated[Optional[int], typer.Option("--axis", help="NIfTI axis to slice along (0, 1, 2; default 2, axial).")] = None,
+    volume: VolumeOpt = None,
+    series: SeriesOpt = None,
+    grey: GreyOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -83,7 +86,7 @@ def simulate(
     geometry = geometry_from_options(locals())
     check_options_fit(operator, geometry)  # before the image is read: an option of another operator
     dev = resolve_device(device)
-    stack = read_images(image, key=key, axis=nifti_axis(image, axis))
+    stack = read_images(image, key=key, axis=nifti_axis(image, axis), allow_rgb=grey, volume=volume, series=series)
     data = stack.data
     attrs = {"source": str(image), "units": "image"}
     if stack.spacing:
@@ -97,9 +100,9 @@ def simulate(
             geometry.pixel_size = float(stack.spacing[-1])
             rows, columns = stack.spacing[1], stack.spacing[2]
             if rows and columns and abs(rows - columns) > 1e-3 * columns:
-                print(f"invdiff: warning: {image}: the pixels are {rows:g} x {columns:g} mm (rows x columns); the Radon "
-                      f"transform takes them as square, {columns:g} mm (give --pixel-size, or resample the image for "
-                      "exact line integrals).", file=sys.stderr)
+                warn(f"{image}: the pixels are {rows:g} x {columns:g} mm (rows x columns); the Radon "
+                     f"transform takes them as square, {columns:g} mm (give --pixel-size, or resample the image for "
+                     "exact line integrals).")
     if stack.dicom_meta is not None:
         from invdiff.io.dicom_meta import meta_to_json
 

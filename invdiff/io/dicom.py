@@ -217,20 +217,55 @@ def _refuse_truncated_image(ds: Any, path: Path) -> None:
 
 
 @quiet_pydicom()
+def series_summary(files: Sequence[Path]) -> dict[str, Any]:
+    """What names one series (files from `group_dicom_series`), from its first file's header:
+    ``number`` (SeriesNumber), ``description``, ``modality``, ``uid`` (SeriesInstanceUID) as
+    text ("" when absent) and ``files`` (the count)."""
+    ds = read_dicom_header(Path(files[0]), pixels=False)
+    text = {name: str(ds.get(tag, "") or "").strip() for name, tag in (
+        ("number", "SeriesNumber"), ("description", "SeriesDescription"), ("modality", "Modality"),
+        ("uid", "SeriesInstanceUID"))}
+    return {**text, "files": len(files)}
+
+
 def describe_series(groups: Sequence[Sequence[Path]]) -> str:
     """One phrase per series (from `group_dicom_series`), for messages: SeriesNumber, quoted
     SeriesDescription, Modality and file count, e.g. ``series 2 'AX T1' (MR, 120 files)``;
     at most six series are named."""
     phrases = []
     for files in groups[:6]:
-        ds = read_dicom_header(Path(files[0]), pixels=False)
-        number = str(ds.get("SeriesNumber", "") or "").strip()
-        text = str(ds.get("SeriesDescription", "") or "").strip()
-        modality = str(ds.get("Modality", "") or "").strip() or "no modality"
-        count = f"{len(files)} file{'s' if len(files) != 1 else ''}"
-        name = f"series {number}" if number else "unnumbered series"
-        phrases.append(f"{name}{f' {text!r}' if text else ''} ({modality}, {count})")
+        s = series_summary(files)
+        count = f"{s['files']} file{'s' if s['files'] != 1 else ''}"
+        name = f"series {s['number']}" if s["number"] else "unnumbered series"
+        description = f" {s['description']!r}" if s["description"] else ""
+        phrases.append(f"{name}{description} ({s['modality'] or 'no modality'}, {count})")
     return "; ".join(phrases + (["..."] if len(groups) > 6 else []))
+
+
+def select_series(groups: Sequence[Sequence[Path]], series: str, folder: Path) -> list[Path]:
+    """The files of the one series (from `group_dicom_series`) that ``series`` names: its
+    SeriesNumber (compared as a number, so "3" matches "03") or its SeriesInstanceUID.
+    InputError, naming the folder's series, when none or several match."""
+    wanted = series.strip()
+    matches = []
+    for files in groups:
+        s = series_summary(files)
+        if wanted == s["uid"] or (s["number"] and _same_number(s["number"], wanted)):
+            matches.append(list(files))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise InputError(f"{folder}: no DICOM series with number or UID {wanted!r}; the folder holds "
+                         f"{describe_series(groups)}.")
+    raise InputError(f"{folder}: {len(matches)} DICOM series have number {wanted} ({describe_series(matches)}); "
+                     "give --series the SeriesInstanceUID of the one to read.")
+
+
+def _same_number(number: str, wanted: str) -> bool:
+    try:
+        return int(number) == int(wanted)
+    except ValueError:
+        return number == wanted
 
 
 @quiet_pydicom()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import h5py
 import numpy as np
 
 from invdiff.errors import InputError
+from invdiff.notices import warn
 
 RECONSTRUCTION_KEYS = ("reconstruction_esc", "reconstruction_rss")
 
@@ -203,9 +203,8 @@ def _header(f: h5py.File, path: Path) -> str | None:
         return None
     text = _text(read_whole(header, path, "ismrmrd_header")) if isinstance(header, h5py.Dataset) else None
     if text is None:
-        print(f"invdiff: warning: {path}: 'ismrmrd_header' is not text, so it is ignored (it gives only the "
-              f"reconstruction size, which then comes from the targets, or the result keeps the k-space size).",
-              file=sys.stderr)
+        warn(f"{path}: 'ismrmrd_header' is not text, so it is ignored (it gives only the reconstruction size, "
+             "which then comes from the targets, or the result keeps the k-space size).")
     return text
 
 

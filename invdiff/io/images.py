@@ -84,7 +84,13 @@ class ImageStack:
 
 
 def read_images(
-    path: str | os.PathLike, *, key: str | None = None, axis: int = 2, allow_rgb: bool = False
+    path: str | os.PathLike,
+    *,
+    key: str | None = None,
+    axis: int = 2,
+    allow_rgb: bool = False,
+    volume: int | None = None,
+    series: str | None = None,
 ) -> ImageStack:
     """Read one image file, image stack or DICOM series folder into an `ImageStack`.
 
@@ -95,12 +101,20 @@ def read_images(
     axis: NIfTI axis to slice along, after reorientation to LPS+ (0: sagittal, 1: coronal,
         2: axial); slices come out in the DICOM display convention (module docstring).
     allow_rgb: convert colour images to grey instead of raising (see module docstring).
+    volume: the volume of a 4-D NIfTI (fMRI time points, diffusion directions) to read, from 0;
+        required for one, refused for every other input.
+    series: the DICOM series to read from a folder that holds several, by SeriesNumber or
+        SeriesInstanceUID (`dicom.select_series`); refused for every other input.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist.")
+    if series is not None and not path.is_dir():
+        raise InputError(f"{path}: --series picks one series of a DICOM folder; give the folder, not a file.")
     if path.is_dir():
-        return _read_dicom_folder(path)
+        if volume is not None:
+            raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI file, not of a DICOM folder.")
+        return _read_dicom_folder(path, series)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty.")
     kind = _kind_of(path)
@@ -110,11 +124,13 @@ def read_images(
         )
     if key is not None and kind not in ("npz", "hdf5"):
         raise InputError(f"{path}: --key only applies to NPZ and HDF5 files, not {kind.upper()}.")
+    if volume is not None and kind != "nifti":
+        raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI file, not of a {kind.upper()} file.")
     if kind == "dicom":
         volume = dicom.read_dicom_series([path])
         stack = ImageStack(volume.data, path, "dicom", volume.hounsfield, volume.meta, volume.spacing)
     elif kind == "nifti":
-        data, spacing = _read_nifti(path, axis)
+        data, spacing = _read_nifti(path, axis, volume)
         stack = ImageStack(data, path, "nifti", spacing=spacing)
     else:
         data = _READERS[kind](path, key, allow_rgb)
@@ -129,11 +145,13 @@ def read_image_paths(
     key: str | None = None,
     axis: int = 2,
     allow_rgb: bool = False,
+    volume: int | None = None,
     failures: list[tuple[Path, str]] | None = None,
 ) -> list[ImageStack]:
     """Read many files and folders. Folders are searched recursively for image files (hidden
     files and unknown suffixes are skipped); the DICOM files of one folder become one stack per
-    series. An explicitly named file is always read (and may fail).
+    series. An explicitly named file is always read (and may fail). ``volume`` is passed to
+    every NIfTI file (a folder's other files are read without it).
 
     failures: None (default) raises the first InputError. A list makes the read lenient, for
     batch runs: each file (or DICOM series) that cannot be read is appended as ``(path,
@@ -153,7 +171,7 @@ def read_image_paths(
     for entry in map(Path, paths):
         if entry.is_dir():
             before = len(failures) if failures is not None else 0
-            found = _read_folder(entry, key, axis, allow_rgb, attempt)
+            found = _read_folder(entry, key, axis, allow_rgb, volume, attempt)
             if not found and (failures is None or len(failures) == before):
                 message = f"{entry}: folder contains no image files."
                 if failures is None:
@@ -161,7 +179,8 @@ def read_image_paths(
                 failures.append((entry, message))
             stacks.extend(found)
         else:
-            stack = attempt(entry, lambda: read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb))
+            stack = attempt(entry, lambda: read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb,
+                                                       volume=_for_nifti(entry, volume)))
             if stack is not None:
                 stacks.append(stack)
     return stacks
@@ -505,9 +524,9 @@ def _is_image_shape(shape: tuple[int, ...] | None) -> bool:
     return len([n for n in shape[:-2] if n != 1]) <= 1
 
 
-def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, float, float]]:
+def _read_nifti(path: Path, axis: int, volume: int | None = None) -> tuple[np.ndarray, tuple[float | None, float, float]]:
     """A NIfTI volume as ``(slices, H, W)`` in the DICOM display convention (`_display_slices`),
-    and its spacing ``(slice, row, column)`` in mm."""
+    and its spacing ``(slice, row, column)`` in mm; ``volume`` picks one of a 4-D file's."""
     import nibabel
 
     if axis not in (0, 1, 2):
@@ -521,10 +540,8 @@ def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, 
             colour = "RGBA" if "A" in dtype.names else "RGB"
             raise InputError(f"{path}: expected a single-channel image; got an {colour} NIfTI volume.")
         image = nibabel.as_closest_canonical(image)
-        header_shape = image.shape
-        if len(header_shape) > 3 and int(np.prod(header_shape[3:])) > 1:
-            raise InputError(f"{path}: NIfTI has {len(header_shape)} dimensions {header_shape}; expected a 3D volume.")
-        volume = np.asarray(image.dataobj, dtype=np.complex64 if dtype.kind == "c" else np.float32)
+        dataobj = _nifti_volume(image, path, volume)
+        volume = np.asarray(dataobj, dtype=np.complex64 if dtype.kind == "c" else np.float32)
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
     except InputError:
         raise
@@ -533,6 +550,40 @@ def _read_nifti(path: Path, axis: int) -> tuple[np.ndarray, tuple[float | None, 
     volume = volume.reshape(volume.shape[:3] + (1,) * (3 - volume.ndim))
     zooms = (zooms + [1.0, 1.0, 1.0])[:3]
     return _display_slices(volume[::-1, ::-1, :], tuple(zooms), axis)
+
+
+def nifti_volumes(path: str | os.PathLike) -> int:
+    """How many 3-D volumes a NIfTI file holds (its 4th and later dimensions), from its header
+    alone; 1 for a 3-D file and for anything that is not a readable NIfTI file."""
+    path = Path(path)
+    if not path.is_file() or _suffix_kind(path) != "nifti" and _kind_of(path) != "nifti":
+        return 1
+    import nibabel
+
+    try:
+        shape = tuple(nibabel.load(path).shape)
+    except Exception:  # read_images says what is wrong with it
+        return 1
+    return int(np.prod(shape[3:])) if len(shape) > 3 else 1
+
+
+def _nifti_volume(image: Any, path: Path, volume: int | None) -> Any:
+    """The 3-D part of ``image`` to read: all of a 3-D file (``volume`` None), the ``volume``-th
+    of a 4-D one (fMRI time points, diffusion directions)."""
+    shape = tuple(image.shape)
+    extra = shape[3:]
+    count = int(np.prod(extra)) if extra else 1
+    if volume is None:
+        if count > 1:
+            picks = f"give --volume N (0 to {count - 1}) to read one of them" if len(extra) == 1 else "split it into 3D volumes"
+            raise InputError(f"{path}: NIfTI holds {count} volumes {shape}; expected a 3D volume: {picks}.")
+        return image.dataobj
+    if len(extra) != 1 or count < 2:
+        what = "3D" if count == 1 else f"{len(shape)}-D {shape}"
+        raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI; this one is {what}.")
+    if not 0 <= volume < count:
+        raise InputError(f"{path}: --volume must lie between 0 and {count - 1} (the file holds {count} volumes); got {volume}.")
+    return image.dataobj[..., volume]
 
 
 def _display_slices(
@@ -580,15 +631,22 @@ _READERS: dict[str, Callable[[Path, str | None, bool], np.ndarray]] = {
 # ---------------------------------------------------------------------------------------
 
 
-def _read_dicom_folder(folder: Path) -> ImageStack:
-    files = _dicom_files(folder)
+def _for_nifti(path: Path, volume: int | None) -> int | None:
+    """``volume`` for a NIfTI file, None for every other kind (batch reads of mixed folders)."""
+    return volume if volume is not None and _suffix_kind(path) == "nifti" else None
+
+
+def _read_dicom_folder(folder: Path, series: str | None = None) -> ImageStack:
+    files = dicom_files(folder)
     if not files:
         raise InputError(f"{folder}: is a folder without DICOM files; give an image file, or a folder that holds one DICOM series.")
     groups = dicom.group_dicom_series(files)
+    if series is not None:
+        groups = [dicom.select_series(groups, series, folder)]
     if len(groups) > 1:
         raise InputError(
             f"{folder}: folder holds {len(groups)} DICOM series ({dicom.describe_series(groups)}); "
-            "give a folder that holds one series."
+            "give --series with the number of the one to read, or a folder that holds one series."
         )
     return _series_stack(folder, groups[0])
 
@@ -602,10 +660,10 @@ def _series_stack(folder: Path, files: list[Path]) -> ImageStack:
 def is_dicom_folder(folder: str | os.PathLike) -> bool:
     """True when ``folder`` holds DICOM files directly (what `read_images` reads as a series)."""
     folder = Path(folder)
-    return folder.is_dir() and bool(_dicom_files(folder))
+    return folder.is_dir() and bool(dicom_files(folder))
 
 
-def _dicom_files(folder: Path) -> list[Path]:
+def dicom_files(folder: Path) -> list[Path]:
     """The DICOM files directly in ``folder``: by suffix, or by the 'DICM' marker when suffix-less."""
     files = []
     for path in sorted(folder.iterdir()):
@@ -617,15 +675,15 @@ def _dicom_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool,
+def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volume: int | None,
                  attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
     stacks: list[ImageStack] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
-        dicom_files = _dicom_files(here)
+        here_dicom = dicom_files(here)
         # headers first, one by one, so that one unreadable file does not hide the whole series
-        readable = [f for f in dicom_files if attempt(f, lambda f=f: dicom.read_dicom_header(f, pixels=False)) is not None]
+        readable = [f for f in here_dicom if attempt(f, lambda f=f: dicom.read_dicom_header(f, pixels=False)) is not None]
         groups = attempt(here, lambda: dicom.group_dicom_series(readable)) if readable else None
         for group in groups or []:
             stack = attempt(group[0].parent, lambda group=group: _series_stack(here, group))
@@ -633,11 +691,12 @@ def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool,
                 stacks.append(stack)
         for name in sorted(names):
             path = here / name
-            if name.startswith(".") or path in dicom_files:
+            if name.startswith(".") or path in here_dicom:
                 continue
             kind = _suffix_kind(path)
             if kind is not None and kind != "dicom":
-                stack = attempt(path, lambda path=path: read_images(path, key=key, axis=axis, allow_rgb=allow_rgb))
+                stack = attempt(path, lambda path=path: read_images(path, key=key, axis=axis, allow_rgb=allow_rgb,
+                                                                    volume=_for_nifti(path, volume)))
                 if stack is not None:
                     stacks.append(stack)
     return stacks
@@ -663,7 +722,8 @@ def _single_channel(pixels: np.ndarray, path: Path, allow_rgb: bool) -> np.ndarr
             return pixels[..., 0].astype(np.float32)
         if allow_rgb:
             return (pixels.astype(np.float64) @ _LUMA).astype(np.float32)
-    raise InputError(f"{path}: expected a single-channel image; got {pixels.shape[-1]} channels.")
+    raise InputError(f"{path}: expected a single-channel image; got {pixels.shape[-1]} channels (give --grey to "
+                     "convert colour to grey by its luma).")
 
 
 def _as_stack(array: np.ndarray, path: Path) -> np.ndarray:

@@ -14,13 +14,14 @@ from invdiff.io.hdf5 import Measurement, read_array, read_measurement, reading
 from invdiff.io.images import read_images
 
 
-def load_reference(path: Path, key: str | None = None, *, axis: int = 2,
-                   units: str | None = None) -> tuple[np.ndarray, Measurement | None]:
+def load_reference(path: Path, key: str | None = None, *, axis: int = 2, units: str | None = None,
+                   allow_rgb: bool = False, volume: int | None = None,
+                   series: str | None = None) -> tuple[np.ndarray, Measurement | None]:
     """The reference volume ``(slices, H, W)``: a simulated measurement's ``ground_truth``,
     a fastMRI file's target (``reconstruction_esc`` single-coil, ``reconstruction_rss``
     multi-coil), an HDF5 result's ``reconstruction``, or any image file or DICOM series folder
     read by the rules of ``invdiff simulate`` (invdiff/io/images.py; ``axis`` slices a NIfTI
-    volume). ``units`` are the result's (its provenance's ``units``): for ``"mu_per_mm"`` a CT
+    volume; ``allow_rgb``, ``volume`` and ``series`` as in `read_images`). ``units`` are the result's (its provenance's ``units``): for ``"mu_per_mm"`` a CT
     DICOM reference in HU is converted to linear attenuation in 1/mm (``hu_to_mu``), as simulate
     converted the image it measured. Returns the measurement too when the reference is one."""
     if path.is_file() and path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
@@ -47,7 +48,7 @@ def load_reference(path: Path, key: str | None = None, *, axis: int = 2,
             if m.ground_truth is None:
                 raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
             return m.ground_truth, m
-    stack = read_images(path, key=key, axis=axis)
+    stack = read_images(path, key=key, axis=axis, allow_rgb=allow_rgb, volume=volume, series=series)
     if stack.hounsfield and units == "mu_per_mm":
         from invdiff.io.dicom import hu_to_mu
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from invdiff.errors import InputError
 from invdiff.solvers.base import CommonOptions, Solver, report_step, start
 from invdiff.solvers.cg import solve_data_proximal, solve_discrepancy_proximal
 from invdiff.solvers.integrators import randn_like
@@ -28,12 +29,17 @@ from invdiff.solvers.likelihood import is_auto, measurement_dof, precision, reso
 
 @dataclass
 class DiffPIROptions(CommonOptions):
-    RANGES = {"zeta": (0.0, 1.0), "cg_iters": (1, None)}
+    RANGES = {"zeta": (0.0, 1.0), "cg_iters": (1, None), "tv_weight": (0.0, None), "tv_iters": (1, None)}
 
     zeta: float = 0.3
     """Fraction of fresh noise when re-noising (0: deterministic, 1: all fresh)."""
     cg_iters: int = 10
     """CG iterations of each data proximal step."""
+    tv_weight: float = 0.0
+    """> 0: the data step also carries a TV term, this fraction of the TV method's own weight
+    (invdiff/classical/tv.py), solved by ``tv_iters`` Chambolle-Pock iterations instead of CG."""
+    tv_iters: int = 30
+    """Chambolle-Pock iterations of each data step when ``tv_weight > 0``."""
 
 
 def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DiffPIROptions, generator, callback=None):
@@ -41,11 +47,14 @@ def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DiffPIROpti
     weight = precision(operator, y, resolve_data_weight(opts.data_weight, operator, y))
     auto, dof = is_auto(opts.data_weight), measurement_dof(operator)
     zeta = opts.zeta
+    tv_step = _tv_data_step(operator, y, opts) if opts.tv_weight > 0 else None
     x, sigmas = start(denoiser, operator, y, steps, opts, generator)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0hat = denoiser(x, sigma)
-        if auto:
+        if tv_step is not None:
+            x0 = tv_step(x0hat, guidance / sigma**2)
+        elif auto:
             x0 = solve_discrepancy_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters, dof)
         else:
             x0 = solve_data_proximal(operator, y, weight, x0hat, guidance / sigma**2, opts.cg_iters)
@@ -56,6 +65,28 @@ def run(operator, y, denoiser, *, steps: int, guidance: float, opts: DiffPIROpti
             x = x0
         report_step(callback, i + 1, steps, sigma, x0)
     return x
+
+
+def _tv_data_step(operator, y, opts: DiffPIROptions):
+    """The map ``(x0hat, rho) -> argmin_x 0.5 ||A x - y||_W^2 + 0.5 rho ||x - x0hat||^2 + mu TV(x)``,
+    with W = data_weight / variance and mu ``tv_weight`` times the TV method's weight, both in
+    the classical data term's units (data_term.py: everything times the mean noise variance)."""
+    from invdiff.classical.arguments import default_for
+    from invdiff.classical.data_term import make_data_term
+    from invdiff.classical.tv import DEFAULT_WEIGHT, DEFAULT_WEIGHTS, solve_tv
+
+    if is_auto(opts.data_weight):
+        raise InputError("option tv_weight needs a numeric data_weight, not 'auto'.")
+    data = make_data_term(operator, y)
+    data_weight = float(opts.data_weight)
+    lam = opts.tv_weight * default_for(DEFAULT_WEIGHTS, operator, DEFAULT_WEIGHT) * data.image_norm_scale()
+    nonnegative = operator.image_shape[0] == 1
+
+    def step(x0hat, rho):
+        return solve_tv(data, lam, opts.tv_iters, nonnegative=nonnegative, x0=x0hat,
+                        anchor=x0hat, anchor_weight=rho * data.sigma**2 / data_weight)
+
+    return step
 
 
 SOLVER = Solver(
