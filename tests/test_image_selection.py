@@ -189,3 +189,42 @@ def test_info_lists_the_series_of_a_mixed_folder(tmp_path, capsys):
         ("3", "AX 3", "CT", "1.2.3.4.1", 2), ("7", "AX 7", "CT", "1.2.3.4.2", 2)]
     assert invdiff("info", tmp_path) == 0  # the table form prints too
     assert "1.2.3.4.2" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_selection_of_an_hdf5_reference(fmri, tmp_path, capsys):
+    measurement, result = tmp_path / "m.h5", tmp_path / "r.h5"
+    assert invdiff("simulate", fmri[1][0], "--operator", "blur", "--psf", "gaussian:1", "--out", measurement, "-q") == 0
+    assert invdiff("reconstruct", measurement, "--method", "wiener", "--out", result, "-q") == 0
+    capsys.readouterr()
+    for option in ("--volume", "--series"):
+        assert invdiff("evaluate", result, "--reference", measurement, option, 1) == 2
+        assert f"{option} picks part of a NIfTI file or DICOM folder, not of an HDF5 file" in capsys.readouterr().err
+
+
+def test_train_series_takes_that_series_from_every_folder(tmp_path, capsys):
+    """A tree of two studies, each with a 1-slice localizer (series 1) and a 2-slice axial
+    series (series 3): --series 3 trains on the 4 axial slices only."""
+    import json
+
+    from invdiff.prior.data import read_stacks
+
+    rng = np.random.default_rng(3)
+    for study in ("a", "b"):
+        folder = tmp_path / "tree" / study
+        folder.mkdir(parents=True)
+        for number, slices in ((1, 1), (3, 2)):
+            for k in range(slices):
+                path = ct_slice(folder / f"{number}_{k}.dcm", rng.integers(0, 2000, size=(16, 16)).astype(np.uint16),
+                                z=float(k), instance=k + 1, series_uid=f"1.2.{'ab'.index(study) + 1}.{number}")
+                ds = pydicom.dcmread(path)
+                ds.SeriesNumber = number
+                ds.save_as(path)
+    tree = tmp_path / "tree"
+    assert sorted(s.data.shape[0] for s in read_stacks([tree])) == [1, 1, 2, 2]
+    assert [s.data.shape[0] for s in read_stacks([tree], series="3")] == [2, 2]
+    with pytest.raises(InputError, match=r"no folder in it holds a DICOM series with number or UID '5'"):
+        read_stacks([tree], series="5")
+    capsys.readouterr()
+    assert invdiff("train", tree, "--series", 3, "--out", tmp_path / "p", "--image-size", 8, "--dry-run", "--json") == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["files"] == 2 and data["slices"] + data["validation_slices"] == 4, data

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, VolumeOpt, check_output_folder, emit_json,
+from invdiff.cli.common import (DeviceOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output_folder, emit_json,
                                 refuse_clobbering, resolve_device, show_progress, warn_slow_bf16)
 from invdiff.errors import InputError
 
@@ -123,6 +123,7 @@ def train(
     key: Annotated[Optional[str], typer.Option("--key", help="HDF5 dataset key of the images.")] = None,
     axis: Annotated[Optional[int], typer.Option("--axis", help="Slice axis of volumes (NIfTI/HDF5).")] = None,
     volume: VolumeOpt = None,
+    series: SeriesOpt = None,
     grey: GreyOpt = False,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (and prior files).")] = 500,
     log_every: Annotated[int, typer.Option("--log-every", help="Steps between log rows.")] = 50,
@@ -193,10 +194,10 @@ def train(
     torch_device = resolve_device(device)
     if bf16:
         warn_slow_bf16(torch_device, quiet or dry_run)
-    stacks = read_stacks(list(data), key=key, axis=axis, volume=volume, allow_rgb=grey)
+    stacks = read_stacks(list(data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey)
     norm = units_from_data(stacks, norm)
     train_set, val_set = build_sets(stacks, image_size, channels, fit, norm, val_fraction)
-    val_stacks = read_stacks(list(val_data), key=key, axis=axis, volume=volume, allow_rgb=grey) if val_data else []
+    val_stacks = read_stacks(list(val_data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey) if val_data else []
     _warn_complex_magnitude(stacks + val_stacks, channels, quiet)
     extra_val = None
     if val_data:

@@ -246,17 +246,24 @@ def select_series(groups: Sequence[Sequence[Path]], series: str, folder: Path) -
     """The files of the one series (from `group_dicom_series`) that ``series`` names: its
     SeriesNumber (compared as a number, so "3" matches "03") or its SeriesInstanceUID.
     InputError, naming the folder's series, when none or several match."""
+    matches = matching_series(groups, series, folder)
+    if not matches:
+        raise InputError(f"{folder}: no DICOM series with number or UID {series.strip()!r}; the folder holds "
+                         f"{describe_series(groups)}.")
+    return matches[0]
+
+
+def matching_series(groups: Sequence[Sequence[Path]], series: str, folder: Path) -> list[list[Path]]:
+    """The series among ``groups`` that ``series`` names (see `select_series`): none or one;
+    InputError when several have that number."""
     wanted = series.strip()
     matches = []
     for files in groups:
         s = series_summary(files)
         if wanted == s["uid"] or (s["number"] and _same_number(s["number"], wanted)):
             matches.append(list(files))
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise InputError(f"{folder}: no DICOM series with number or UID {wanted!r}; the folder holds "
-                         f"{describe_series(groups)}.")
+    if len(matches) <= 1:
+        return matches
     raise InputError(f"{folder}: {len(matches)} DICOM series have number {wanted} ({describe_series(matches)}); "
                      "give --series the SeriesInstanceUID of the one to read.")
 

@@ -127,8 +127,8 @@ def read_images(
     if volume is not None and kind != "nifti":
         raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI file, not of a {kind.upper()} file.")
     if kind == "dicom":
-        volume = dicom.read_dicom_series([path])
-        stack = ImageStack(volume.data, path, "dicom", volume.hounsfield, volume.meta, volume.spacing)
+        one = dicom.read_dicom_series([path])
+        stack = ImageStack(one.data, path, "dicom", one.hounsfield, one.meta, one.spacing)
     elif kind == "nifti":
         data, spacing = _read_nifti(path, axis, volume)
         stack = ImageStack(data, path, "nifti", spacing=spacing)
@@ -146,12 +146,15 @@ def read_image_paths(
     axis: int = 2,
     allow_rgb: bool = False,
     volume: int | None = None,
+    series: str | None = None,
     failures: list[tuple[Path, str]] | None = None,
 ) -> list[ImageStack]:
     """Read many files and folders. Folders are searched recursively for image files (hidden
     files and unknown suffixes are skipped); the DICOM files of one folder become one stack per
     series. An explicitly named file is always read (and may fail). ``volume`` is passed to
-    every NIfTI file (a folder's other files are read without it).
+    every NIfTI file (a folder's other files are read without it). ``series`` keeps, in every
+    folder, only the DICOM series of that number or UID (`dicom.select_series`; folders without
+    it are passed over, and other files are not read); InputError when no folder has it.
 
     failures: None (default) raises the first InputError. A list makes the read lenient, for
     batch runs: each file (or DICOM series) that cannot be read is appended as ``(path,
@@ -169,11 +172,14 @@ def read_image_paths(
             return None
 
     for entry in map(Path, paths):
+        if series is not None and not entry.is_dir():
+            raise InputError(f"{entry}: --series picks one series of a DICOM folder; give the folder, not a file.")
         if entry.is_dir():
             before = len(failures) if failures is not None else 0
-            found = _read_folder(entry, key, axis, allow_rgb, volume, attempt)
+            found = _read_folder(entry, key, axis, allow_rgb, volume, series, attempt)
             if not found and (failures is None or len(failures) == before):
-                message = f"{entry}: folder contains no image files."
+                message = (f"{entry}: folder contains no image files." if series is None else
+                           f"{entry}: no folder in it holds a DICOM series with number or UID {series.strip()!r}.")
                 if failures is None:
                     raise InputError(message)
                 failures.append((entry, message))
@@ -675,7 +681,7 @@ def dicom_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volume: int | None,
+def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volume: int | None, series: str | None,
                  attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
     stacks: list[ImageStack] = []
     for root, dirs, names in os.walk(folder):
@@ -685,11 +691,13 @@ def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volu
         # headers first, one by one, so that one unreadable file does not hide the whole series
         readable = [f for f in here_dicom if attempt(f, lambda f=f: dicom.read_dicom_header(f, pixels=False)) is not None]
         groups = attempt(here, lambda: dicom.group_dicom_series(readable)) if readable else None
+        if groups and series is not None:
+            groups = attempt(here, lambda groups=groups: dicom.matching_series(groups, series, here))
         for group in groups or []:
             stack = attempt(group[0].parent, lambda group=group: _series_stack(here, group))
             if stack is not None:
                 stacks.append(stack)
-        for name in sorted(names):
+        for name in sorted(names) if series is None else ():
             path = here / name
             if name.startswith(".") or path in here_dicom:
                 continue

@@ -25,6 +25,9 @@ def load_reference(path: Path, key: str | None = None, *, axis: int = 2, units: 
     DICOM reference in HU is converted to linear attenuation in 1/mm (``hu_to_mu``), as simulate
     converted the image it measured. Returns the measurement too when the reference is one."""
     if path.is_file() and path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
+        if volume is not None or series is not None:
+            option = "--volume" if volume is not None else "--series"
+            raise InputError(f"{path}: {option} picks part of a NIfTI file or DICOM folder, not of an HDF5 file.")
         with reading(path) as f:
             is_measurement = "invdiff_operator" in f.attrs
             from invdiff.io import fastmri
