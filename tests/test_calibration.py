@@ -306,6 +306,16 @@ def test_other_solver_settings_are_refused_or_not_applied(fitted, tmp_path, caps
     older = tmp_path / "older.json"
     older.write_text(json.dumps({k: v for k, v in json.loads(out.read_text()).items() if k != "solver_settings"}))
     assert invdiff("reconstruct", meas, "--prior", prior, *base, "--steps", "3", "--calibration", older, "--out", r) == 0
+    # a file fitted before the solver had an option (eta left out of its record): the option at
+    # its own default is the behaviour it was fitted with; any other value is refused
+    record = json.loads(out.read_text())
+    del record["solver_settings"]["options"]["eta"]
+    before = tmp_path / "before_eta.json"
+    before.write_text(json.dumps(record))
+    expect_bad(tmp_path, capsys, ["reconstruct", meas, "--prior", prior, *base, "--steps", "2", "--option", "eta=0",
+                                  "--calibration", before, "--out", r], "eta at its default 0.85", "eta=0")
+    r.unlink(missing_ok=True)
+    assert invdiff("reconstruct", meas, "--prior", prior, *base, "--steps", "2", "--calibration", before, "--out", r) == 0
 
 
 def test_random_masks_of_a_setting_get_its_calibration(tmp_path):
@@ -391,6 +401,12 @@ def test_solver_settings_difference_is_named():
     run = {"steps": 40, "guidance": 2.0, "options": {"zeta": 0.3, "init": "fbp", "added_later": 1}}
     assert calib.solver_settings_differ(fitted, run) == [("--steps 20", "40"), ("--guidance 1.0", "2.0"),
                                                          ("option init=tv", "init=fbp")]
+    # an option newer than the calibration counts only away from its default (the old behaviour)
+    newer = {**fitted, "options": {**fitted["options"], "added_later": 0.0}}
+    assert calib.solver_settings_differ(fitted, newer, {"added_later": 0.0}) == []
+    moved = {**fitted, "options": {**fitted["options"], "added_later": 0.5}}
+    assert calib.solver_settings_differ(fitted, moved, {"added_later": 0.0}) == [
+        ("option added_later at its default 0.0 (the option is newer than the calibration)", "added_later=0.5")]
 
 
 @pytest.mark.parametrize("field,value", [("operator_settings", 5), ("prior_checksum", 3), ("z", "x"), ("samples", True),

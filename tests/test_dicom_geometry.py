@@ -196,6 +196,9 @@ def test_ct_with_non_square_pixels_warns_that_radon_takes_them_as_square(tmp_pat
         src = ct_slice(tmp_path / f"{name}.dcm", stored, spacing=spacing)
         capsys.readouterr()
         assert invdiff("simulate", src, "--operator", "radon", "--views", "8", "--noise-rel", "0.01",
-                       "--out", tmp_path / f"{name}.h5", "--quiet") == 0
+                       "--out", tmp_path / f"{name}.h5", "--json") == 0
         err = capsys.readouterr().err
         assert ("0.7 x 0.8 mm" in err and "square" in err) == (name == "oblong"), err
+        assert invdiff("simulate", src, "--operator", "radon", "--views", "8", "--noise-rel", "0.01",
+                       "--out", tmp_path / f"{name}_quiet.h5", "--quiet") == 0
+        assert capsys.readouterr().err == ""  # --quiet silences the warning

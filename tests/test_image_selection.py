@@ -18,7 +18,9 @@ from invdiff.io.images import read_images
 
 
 def nifti(path: Path, data: np.ndarray) -> Path:
-    nibabel.save(nibabel.Nifti1Image(data.astype(np.float32), np.diag([1.5, 1.5, 2.0, 1.0])), path)
+    """``data`` as NIfTI with a rotated and mirrored affine (reoriented on reading, so a 4-D
+    file's volumes go through the same reorientation as a 3-D file's)."""
+    nibabel.save(nibabel.Nifti1Image(data.astype(np.float32), np.array([[0, -1.5, 0, 10], [1.5, 0, 0, -4], [0, 0, -2.0, 3], [0, 0, 0, 1]])), path)
     return path
 
 

@@ -303,21 +303,33 @@ def check_fits(cal: Calibration, pipeline: dict[str, Any], source: str) -> None:
             now = theirs if key != "prior_checksum" else f"{str(theirs)[:12]}..."
             raise InputError(f"{source}: the calibration was fitted with {what} but this run uses {now}; "
                              f"a std scale holds only for the pipeline it was fitted on.")
-    differ = solver_settings_differ(cal.solver_settings, pipeline.get("solver_settings"))
+    differ = solver_settings_differ(cal.solver_settings, pipeline.get("solver_settings"), _option_defaults(cal.solver))
     if differ:
         what, now = differ[0]
         raise InputError(f"{source}: the calibration was fitted with {what} but this run uses {now}; "
                          f"a std scale holds only for the solver settings it was fitted with.")
 
 
+def _option_defaults(solver: str) -> dict[str, Any]:
+    """The solver's own option defaults; none for a solver that is not installed any more."""
+    from invdiff.solvers.base import option_defaults
+
+    try:
+        return option_defaults(solver)
+    except InputError:
+        return {}
+
+
 _ROUNDING = 1e-9  # solver settings must be equal: numbers only up to a float written by another program
 
 
-def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | None) -> list[tuple[str, str]]:
+def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | None,
+                           option_defaults: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """``[(as fitted, as run), ...]`` for the steps, guidance and options in which a run differs
-    from a calibration; nothing when either side did not record them. An option only one side
-    names (one added to the solver later, at a default that keeps the old behaviour) does not
-    count."""
+    from a calibration; nothing when either side did not record them. An option only the run
+    names was added to the solver after the fit, at a default that keeps the old behaviour
+    (``option_defaults``, `invdiff.solvers.base.option_defaults`): it counts only when the run
+    sets it to another value. One only the calibration names (since removed) does not count."""
     if not isinstance(fitted, dict) or not isinstance(run, dict):
         return []
     out = []
@@ -329,6 +341,11 @@ def solver_settings_differ(fitted: dict[str, Any] | None, run: dict[str, Any] | 
     for key in sorted(set(theirs) & set(ours)):
         if not _same(theirs[key], ours[key], _ROUNDING):
             out.append((f"option {key}={theirs[key]}", f"{key}={ours[key]}"))
+    for key in sorted(set(ours) - set(theirs)):
+        default = (option_defaults or {}).get(key, ours[key])
+        if not _same(default, ours[key], _ROUNDING):
+            out.append((f"option {key} at its default {default} (the option is newer than the calibration)",
+                        f"{key}={ours[key]}"))
     return out
 
 

@@ -21,8 +21,9 @@ def load_reference(path: Path, key: str | None = None, *, axis: int = 2, units: 
     a fastMRI file's target (``reconstruction_esc`` single-coil, ``reconstruction_rss``
     multi-coil), an HDF5 result's ``reconstruction``, or any image file or DICOM series folder
     read by the rules of ``invdiff simulate`` (invdiff/io/images.py; ``axis`` slices a NIfTI
-    volume; ``allow_rgb``, ``volume`` and ``series`` as in `read_images`). ``units`` are the result's (its provenance's ``units``): for ``"mu_per_mm"`` a CT
-    DICOM reference in HU is converted to linear attenuation in 1/mm (``hu_to_mu``), as simulate
+    volume; ``allow_rgb``, ``volume`` and ``series`` as in `read_images`, refused for HDF5).
+    ``units`` are the result's (its provenance's ``units``): for ``"mu_per_mm"`` a CT DICOM
+    reference in HU is converted to linear attenuation in 1/mm (``hu_to_mu``), as simulate
     converted the image it measured. Returns the measurement too when the reference is one."""
     if path.is_file() and path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
         if volume is not None or series is not None:

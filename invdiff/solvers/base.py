@@ -309,6 +309,13 @@ def resolved_settings(
     return {"steps": steps, "guidance": guidance, "options": dataclasses.asdict(opts)}
 
 
+def option_defaults(name: str) -> dict[str, Any]:
+    """Every option of solver ``name`` at its own default (its options dataclass), before any
+    per-operator default: the value at which an option added later keeps the old behaviour."""
+    fields = dataclasses.fields(get_solver(name).options_type)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
 def check_auto_data_weight(solver: Solver) -> None:
     """InputError unless ``solver`` carries out ``data_weight=auto`` (``Solver.auto_data_weight``)."""
     if not solver.auto_data_weight:

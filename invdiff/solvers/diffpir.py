@@ -12,7 +12,9 @@ W = 1/variance is the paper's 1/sigma_n^2, so rho_t matches its ``lambda sigma_n
 ``--guidance`` sets lambda (larger: trust the prior more). NFE = steps. Not an exact sampler.
 With ``data_weight=auto`` each data step instead takes the rho that puts its result at the
 noise level, ``||A x0' - y||_W^2 = dof`` (Morozov's discrepancy principle; cg.py). The reported
-posterior is averaged with the TV estimate by ``classical_weight`` (averaging.py).
+posterior is averaged with the TV estimate by ``classical_weight`` (averaging.py). With
+``tv_weight > 0`` the data step also carries a TV term (`_tv_data_step`; measured not to help,
+BENCHMARKS.md "TV inside the data step").
 """
 
 from __future__ import annotations
