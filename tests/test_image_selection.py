@@ -200,7 +200,7 @@ def test_evaluate_refuses_a_selection_of_an_hdf5_reference(fmri, tmp_path, capsy
     capsys.readouterr()
     for option in ("--volume", "--series"):
         assert invdiff("evaluate", result, "--reference", measurement, option, 1) == 2
-        assert f"{option} picks part of a NIfTI file or DICOM folder, not of an HDF5 file" in capsys.readouterr().err
+        assert f"{option} picks part of a NIfTI, DICOM or colour image, not of an HDF5 file" in capsys.readouterr().err
 
 
 def test_train_series_takes_that_series_from_every_folder(tmp_path, capsys):
@@ -230,3 +230,49 @@ def test_train_series_takes_that_series_from_every_folder(tmp_path, capsys):
     assert invdiff("train", tree, "--series", 3, "--out", tmp_path / "p", "--image-size", 8, "--dry-run", "--json") == 0
     data = json.loads(capsys.readouterr().out)["data"]
     assert data["files"] == 2 and data["slices"] + data["validation_slices"] == 4, data
+
+
+def test_channel_of_a_colour_png_and_of_a_fluorescence_tiff(tmp_path):
+    import tifffile
+
+    path, _ = colour_png(tmp_path / "rgb.png")
+    rgb = np.asarray(Image.open(path)).astype(np.float32)
+    for c in range(3):
+        np.testing.assert_array_equal(read_images(path, channel=c).data[0], rgb[..., c])
+    with pytest.raises(InputError, match=r"--channel must lie between 0 and 2 .*got 3"):
+        read_images(path, channel=3)
+    with pytest.raises(InputError, match="give --channel or --grey, not both"):
+        read_images(path, channel=0, allow_rgb=True)
+    # a 2-channel fluorescence stack (ImageJ axes ZCYX): 5 planes of channel 1
+    stack = np.random.default_rng(4).integers(0, 4000, size=(5, 2, 16, 12)).astype(np.uint16)
+    tiff = tmp_path / "two_colour.tif"
+    tifffile.imwrite(tiff, stack, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(InputError, match=r"got 2 channels \(give --channel N"):
+        read_images(tiff)
+    np.testing.assert_array_equal(read_images(tiff, channel=1).data, stack[:, 1].astype(np.float32))
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(grey)
+    with pytest.raises(InputError, match="this one has one channel"):
+        read_images(grey, channel=0)
+    np.save(tmp_path / "x.npy", np.ones((8, 8), np.float32))
+    with pytest.raises(InputError, match="--channel picks one channel .*not of a NPY file"):
+        read_images(tmp_path / "x.npy", channel=0)
+
+
+def test_simulate_and_train_read_the_channel_asked_for(tmp_path, capsys):
+    import h5py
+    import json
+
+    path, _ = colour_png(tmp_path / "rgb.png")
+    green = np.asarray(Image.open(path))[..., 1].astype(np.float32)
+    out = tmp_path / "g.h5"
+    assert invdiff("simulate", path, "--channel", 1, "--operator", "blur", "--psf", "gaussian:1", "--noise-std", 0,
+                   "--out", out, "-q") == 0
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["ground_truth"][0], green)
+    capsys.readouterr()
+    assert invdiff("train", path, "--channel", 1, "--out", tmp_path / "p", "--image-size", 8, "--dry-run", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["data"]["files"] == 1
+    from invdiff.prior.data import read_stacks
+
+    np.testing.assert_array_equal(read_stacks([path], channel=1)[0].data[0], green)

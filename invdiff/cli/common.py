@@ -42,6 +42,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readabl
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", callback=set_quiet, help="No progress bar, summary table or warnings.")]
 VolumeOpt = Annotated[Optional[int], typer.Option("--volume", help="4-D NIfTI (fMRI time points, diffusion directions): the volume to read, from 0.")]
 SeriesOpt = Annotated[Optional[str], typer.Option("--series", help="DICOM folder that holds several series: the one to read, by SeriesNumber or SeriesInstanceUID.")]
+ChannelOpt = Annotated[Optional[int], typer.Option("--channel", help="Colour PNG/JPEG or multi-channel TIFF (fluorescence channels): the channel to read, from 0 (1: green of RGB).")]
 GreyOpt = Annotated[bool, typer.Option("--grey", help="Read colour PNG/JPEG/TIFF images as grey (luma 0.299 R + 0.587 G + 0.114 B) instead of refusing them.")]
 # the --device and --seed every command takes (DESIGN.md section 1), on a command that has no use for them
 AcceptedDeviceOpt = Annotated[str, typer.Option("--device", help="Accepted as on every command (auto, cpu, cuda); this command computes on the CPU.")]

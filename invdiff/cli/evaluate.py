@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, GreyOpt, JsonOpt, QuietOpt, SeriesOpt, VolumeOpt, check_device, emit_json,
+from invdiff.cli.common import (AcceptedDeviceOpt, AcceptedSeedOpt, ChannelOpt, GreyOpt, JsonOpt, QuietOpt, SeriesOpt, VolumeOpt, check_device, emit_json,
                                 nifti_axis, require_file)
 from invdiff.errors import InputError
 
@@ -46,6 +46,7 @@ def evaluate(
     volume: VolumeOpt = None,
     series: SeriesOpt = None,
     grey: GreyOpt = False,
+    channel: ChannelOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     device: AcceptedDeviceOpt = "auto",
@@ -62,7 +63,7 @@ def evaluate(
     reference = require_file(reference_path(result, res["provenance"], reference), "reference", allow_folder=True)
     given = read_measurement(require_file(measurement, "measurement")) if measurement is not None else None
     ref, m = load_reference(reference, key, axis=nifti_axis(reference, axis), units=result_units(res["provenance"], given),
-                            allow_rgb=grey, volume=volume, series=series)
+                            allow_rgb=grey, volume=volume, series=series, channel=channel)
     m = given or m
     if m is not None:
         from invdiff.pipeline.reconstruct import check_data

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, VolumeOpt, emit_json, make_generator, progress_bar,
+from invdiff.cli.common import (DeviceOpt, ChannelOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, VolumeOpt, emit_json, make_generator, progress_bar,
                                 resolve_device, show_progress)
 from invdiff.errors import InputError, naming
 
@@ -58,6 +58,7 @@ def likelihood(
     key: Annotated[Optional[str], typer.Option("--key", help="Dataset/array name inside HDF5/NPZ inputs.")] = None,
     volume: VolumeOpt = None,
     grey: GreyOpt = False,
+    channel: ChannelOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -84,7 +85,7 @@ def likelihood(
     if prior.channels != 1:
         raise InputError(f"{prior_path}: bits/dim is defined here for 1-channel (8-bit) priors only.")
     failures: list[tuple[Path, str]] = []  # a batch run skips unreadable files and reports them
-    stacks = read_image_paths(files, key=key, volume=volume, allow_rgb=grey, failures=failures)
+    stacks = read_image_paths(files, key=key, volume=volume, allow_rgb=grey, channel=channel, failures=failures)
     for stack in stacks:
         if np.iscomplexobj(stack.data):
             failures.append((stack.source, f"{stack.source}: complex images have no 8-bit bits/dim; give magnitude images."))

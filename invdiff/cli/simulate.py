@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output, check_suffix, emit_json, nifti_axis,
+from invdiff.cli.common import (DeviceOpt, ChannelOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output, check_suffix, emit_json, nifti_axis,
                                 refuse_clobbering, resolve_device)
 from invdiff.cli.options import (
     AccelerationOpt,
@@ -68,6 +68,7 @@ def simulate(
     volume: VolumeOpt = None,
     series: SeriesOpt = None,
     grey: GreyOpt = False,
+    channel: ChannelOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -86,7 +87,8 @@ def simulate(
     geometry = geometry_from_options(locals())
     check_options_fit(operator, geometry)  # before the image is read: an option of another operator
     dev = resolve_device(device)
-    stack = read_images(image, key=key, axis=nifti_axis(image, axis), allow_rgb=grey, volume=volume, series=series)
+    stack = read_images(image, key=key, axis=nifti_axis(image, axis), allow_rgb=grey, volume=volume, series=series,
+                        channel=channel)
     data = stack.data
     attrs = {"source": str(image), "units": "image"}
     if stack.spacing:

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from invdiff.cli.app import app
-from invdiff.cli.common import (DeviceOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output_folder, emit_json,
+from invdiff.cli.common import (DeviceOpt, ChannelOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output_folder, emit_json,
                                 refuse_clobbering, resolve_device, show_progress, warn_slow_bf16)
 from invdiff.errors import InputError
 
@@ -125,6 +125,7 @@ def train(
     volume: VolumeOpt = None,
     series: SeriesOpt = None,
     grey: GreyOpt = False,
+    channel: ChannelOpt = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between checkpoints (and prior files).")] = 500,
     log_every: Annotated[int, typer.Option("--log-every", help="Steps between log rows.")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/checkpoint.safetensors exactly.")] = False,
@@ -194,10 +195,10 @@ def train(
     torch_device = resolve_device(device)
     if bf16:
         warn_slow_bf16(torch_device, quiet or dry_run)
-    stacks = read_stacks(list(data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey)
+    stacks = read_stacks(list(data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey, channel=channel)
     norm = units_from_data(stacks, norm)
     train_set, val_set = build_sets(stacks, image_size, channels, fit, norm, val_fraction)
-    val_stacks = read_stacks(list(val_data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey) if val_data else []
+    val_stacks = read_stacks(list(val_data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey, channel=channel) if val_data else []
     _warn_complex_magnitude(stacks + val_stacks, channels, quiet)
     extra_val = None
     if val_data:

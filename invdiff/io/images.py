@@ -91,6 +91,7 @@ def read_images(
     allow_rgb: bool = False,
     volume: int | None = None,
     series: str | None = None,
+    channel: int | None = None,
 ) -> ImageStack:
     """Read one image file, image stack or DICOM series folder into an `ImageStack`.
 
@@ -105,6 +106,8 @@ def read_images(
         required for one, refused for every other input.
     series: the DICOM series to read from a folder that holds several, by SeriesNumber or
         SeriesInstanceUID (`dicom.select_series`); refused for every other input.
+    channel: the channel of a colour PNG/JPEG or of a multi-channel TIFF (samples or
+        fluorescence channels) to read, from 0 (1: green of RGB); refused for other formats.
     """
     path = Path(path)
     if not path.exists():
@@ -126,6 +129,11 @@ def read_images(
         raise InputError(f"{path}: --key only applies to NPZ and HDF5 files, not {kind.upper()}.")
     if volume is not None and kind != "nifti":
         raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI file, not of a {kind.upper()} file.")
+    if channel is not None and kind not in ("png", "jpeg", "tiff"):
+        raise InputError(f"{path}: --channel picks one channel of a colour PNG/JPEG or multi-channel TIFF, not of a "
+                         f"{kind.upper()} file.")
+    if channel is not None and allow_rgb:
+        raise InputError(f"{path}: give --channel or --grey, not both.")
     if kind == "dicom":
         one = dicom.read_dicom_series([path])
         stack = ImageStack(one.data, path, "dicom", one.hounsfield, one.meta, one.spacing)
@@ -133,7 +141,8 @@ def read_images(
         data, spacing = _read_nifti(path, axis, volume)
         stack = ImageStack(data, path, "nifti", spacing=spacing)
     else:
-        data = _READERS[kind](path, key, allow_rgb)
+        data = (_READERS[kind](path, key, allow_rgb) if channel is None else
+                _READERS[kind](path, key, allow_rgb, channel))
         stack = ImageStack(data, path, kind)
     stack.data = _checked(stack.data, path)
     return stack
@@ -147,6 +156,7 @@ def read_image_paths(
     allow_rgb: bool = False,
     volume: int | None = None,
     series: str | None = None,
+    channel: int | None = None,
     failures: list[tuple[Path, str]] | None = None,
 ) -> list[ImageStack]:
     """Read many files and folders. Folders are searched recursively for image files (hidden
@@ -155,6 +165,7 @@ def read_image_paths(
     every NIfTI file (a folder's other files are read without it). ``series`` keeps, in every
     folder, only the DICOM series of that number or UID (`dicom.select_series`; folders without
     it are passed over, and other files are not read); InputError when no folder has it.
+    ``channel`` is passed to every PNG, JPEG and TIFF file.
 
     failures: None (default) raises the first InputError. A list makes the read lenient, for
     batch runs: each file (or DICOM series) that cannot be read is appended as ``(path,
@@ -176,7 +187,7 @@ def read_image_paths(
             raise InputError(f"{entry}: --series picks one series of a DICOM folder; give the folder, not a file.")
         if entry.is_dir():
             before = len(failures) if failures is not None else 0
-            found = _read_folder(entry, key, axis, allow_rgb, volume, series, attempt)
+            found = _read_folder(entry, key, axis, allow_rgb, volume, series, channel, attempt)
             if not found and (failures is None or len(failures) == before):
                 message = (f"{entry}: folder contains no image files." if series is None else
                            f"{entry}: no folder in it holds a DICOM series with number or UID {series.strip()!r}.")
@@ -186,7 +197,7 @@ def read_image_paths(
             stacks.extend(found)
         else:
             stack = attempt(entry, lambda: read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb,
-                                                       volume=_for_nifti(entry, volume)))
+                                                       volume=_for_nifti(entry, volume), channel=_for_colour(entry, channel)))
             if stack is not None:
                 stacks.append(stack)
     return stacks
@@ -254,7 +265,7 @@ def _check_png_depth(path: Path) -> None:
         )
 
 
-def _read_pillow(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+def _read_pillow(path: Path, key: str | None, allow_rgb: bool, channel: int | None = None) -> np.ndarray:
     from PIL import Image, ImageOps
 
     _check_png_depth(path)
@@ -269,9 +280,22 @@ def _read_pillow(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
             pixels = np.asarray(img)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... on bad files
         raise InputError(f"{path}: not a readable image, or truncated ({dicom._reason(exc)}).") from None
+    if channel is not None:
+        return _pick_channel(pixels, pixels.ndim - 1 if pixels.ndim == 3 else None, channel, path)[None]
     if pixels.ndim == 2:
         return pixels[None].astype(np.float32)
     return _single_channel(pixels, path, allow_rgb)[None]
+
+
+def _pick_channel(pixels: np.ndarray, axis: int | None, channel: int, path: Path) -> np.ndarray:
+    """``pixels`` without its channel ``axis``, at index ``channel`` (float32); InputError when
+    there is no such axis or index."""
+    if axis is None or pixels.shape[axis] < 2:
+        raise InputError(f"{path}: --channel picks one channel of a colour or multi-channel image; this one has one channel.")
+    count = pixels.shape[axis]
+    if not 0 <= channel < count:
+        raise InputError(f"{path}: --channel must lie between 0 and {count - 1} (the image has {count} channels); got {channel}.")
+    return np.take(pixels, channel, axis=axis).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -325,14 +349,19 @@ def _check_stackable_series(series: Sequence[Any], path: Path) -> None:
     )
 
 
-def _read_tiff(path: Path, key: str | None, allow_rgb: bool) -> np.ndarray:
+def _read_tiff(path: Path, key: str | None, allow_rgb: bool, channel: int | None = None) -> np.ndarray:
     pixels, axes = _tiff_pixels(path)
+    if channel is not None:  # samples (RGB) or channels (fluorescence): the one asked for
+        which = next((a for a in "SC" if a in axes and pixels.shape[axes.index(a)] > 1), None)
+        pixels = _pick_channel(pixels, axes.index(which) if which else None, channel, path)
+        axes = axes.replace(which, "")
     if "S" in axes:  # samples per pixel (RGB): move them last and reduce to one channel
         pixels = _single_channel(np.moveaxis(pixels, axes.index("S"), -1), path, allow_rgb)
         axes = axes.replace("S", "")
     if "C" in axes and pixels.shape[axes.index("C")] > 1:
         raise InputError(
-            f"{path}: expected a single-channel image; got {pixels.shape[axes.index('C')]} channels."
+            f"{path}: expected a single-channel image; got {pixels.shape[axes.index('C')]} channels (give --channel N "
+            "to read one of them)."
         )
     return _as_stack(pixels, path)
 
@@ -642,6 +671,11 @@ def _for_nifti(path: Path, volume: int | None) -> int | None:
     return volume if volume is not None and _suffix_kind(path) == "nifti" else None
 
 
+def _for_colour(path: Path, channel: int | None) -> int | None:
+    """``channel`` for a PNG, JPEG or TIFF file, None for every other kind."""
+    return channel if channel is not None and _suffix_kind(path) in ("png", "jpeg", "tiff") else None
+
+
 def _read_dicom_folder(folder: Path, series: str | None = None) -> ImageStack:
     files = dicom_files(folder)
     if not files:
@@ -682,7 +716,7 @@ def dicom_files(folder: Path) -> list[Path]:
 
 
 def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volume: int | None, series: str | None,
-                 attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
+                 channel: int | None, attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
     stacks: list[ImageStack] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -704,7 +738,8 @@ def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volu
             kind = _suffix_kind(path)
             if kind is not None and kind != "dicom":
                 stack = attempt(path, lambda path=path: read_images(path, key=key, axis=axis, allow_rgb=allow_rgb,
-                                                                    volume=_for_nifti(path, volume)))
+                                                                    volume=_for_nifti(path, volume),
+                                                                    channel=_for_colour(path, channel)))
                 if stack is not None:
                     stacks.append(stack)
     return stacks
@@ -731,7 +766,7 @@ def _single_channel(pixels: np.ndarray, path: Path, allow_rgb: bool) -> np.ndarr
         if allow_rgb:
             return (pixels.astype(np.float64) @ _LUMA).astype(np.float32)
     raise InputError(f"{path}: expected a single-channel image; got {pixels.shape[-1]} channels (give --grey to "
-                     "convert colour to grey by its luma).")
+                     "convert colour to grey by its luma, or --channel N to read one channel).")
 
 
 def _as_stack(array: np.ndarray, path: Path) -> np.ndarray:

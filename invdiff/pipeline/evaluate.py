@@ -15,20 +15,20 @@ from invdiff.io.images import read_images
 
 
 def load_reference(path: Path, key: str | None = None, *, axis: int = 2, units: str | None = None,
-                   allow_rgb: bool = False, volume: int | None = None,
-                   series: str | None = None) -> tuple[np.ndarray, Measurement | None]:
+                   allow_rgb: bool = False, volume: int | None = None, series: str | None = None,
+                   channel: int | None = None) -> tuple[np.ndarray, Measurement | None]:
     """The reference volume ``(slices, H, W)``: a simulated measurement's ``ground_truth``,
     a fastMRI file's target (``reconstruction_esc`` single-coil, ``reconstruction_rss``
     multi-coil), an HDF5 result's ``reconstruction``, or any image file or DICOM series folder
     read by the rules of ``invdiff simulate`` (invdiff/io/images.py; ``axis`` slices a NIfTI
-    volume; ``allow_rgb``, ``volume`` and ``series`` as in `read_images`, refused for HDF5).
+    volume; ``allow_rgb``, ``volume``, ``series``, ``channel`` as in `read_images`).
     ``units`` are the result's (its provenance's ``units``): for ``"mu_per_mm"`` a CT DICOM
     reference in HU is converted to linear attenuation in 1/mm (``hu_to_mu``), as simulate
     converted the image it measured. Returns the measurement too when the reference is one."""
     if path.is_file() and path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
-        if volume is not None or series is not None:
-            option = "--volume" if volume is not None else "--series"
-            raise InputError(f"{path}: {option} picks part of a NIfTI file or DICOM folder, not of an HDF5 file.")
+        if volume is not None or series is not None or channel is not None:
+            option = "--volume" if volume is not None else "--series" if series is not None else "--channel"
+            raise InputError(f"{path}: {option} picks part of a NIfTI, DICOM or colour image, not of an HDF5 file.")
         with reading(path) as f:
             is_measurement = "invdiff_operator" in f.attrs
             from invdiff.io import fastmri
@@ -52,7 +52,8 @@ def load_reference(path: Path, key: str | None = None, *, axis: int = 2, units: 
             if m.ground_truth is None:
                 raise InputError(f"{path}: this measurement has no 'ground_truth' dataset to compare with.")
             return m.ground_truth, m
-    stack = read_images(path, key=key, axis=axis, allow_rgb=allow_rgb, volume=volume, series=series)
+    stack = read_images(path, key=key, axis=axis, allow_rgb=allow_rgb, volume=volume, series=series,
+                        channel=channel)
     if stack.hounsfield and units == "mu_per_mm":
         from invdiff.io.dicom import hu_to_mu
 

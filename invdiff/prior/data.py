@@ -150,10 +150,12 @@ def _read_npy_fallback(paths: list[Path]) -> list[SliceStack]:
 
 
 def read_stacks(paths: list[Path], key: str | None = None, axis: int | None = None, *,
-                volume: int | None = None, series: str | None = None, allow_rgb: bool = False) -> list[SliceStack]:
+                volume: int | None = None, series: str | None = None, allow_rgb: bool = False,
+                channel: int | None = None) -> list[SliceStack]:
     """Read every path into stacks of slices ``(N, H, W)``; InputError naming a bad file.
     ``volume`` picks one volume of every 4-D NIfTI, ``series`` one DICOM series (by number or
-    UID) of every folder that has it; ``allow_rgb`` reads colour images as grey."""
+    UID) of every folder that has it; ``allow_rgb`` reads colour images as grey, ``channel``
+    one channel of every colour or multi-channel image."""
     if not paths:
         raise InputError("no training data given.")
     try:
@@ -166,7 +168,8 @@ def read_stacks(paths: list[Path], key: str | None = None, axis: int | None = No
             kwargs["key"] = key
         if axis is not None:
             kwargs["axis"] = axis
-        read = read_image_paths([str(p) for p in paths], volume=volume, series=series, allow_rgb=allow_rgb, **kwargs)
+        read = read_image_paths([str(p) for p in paths], volume=volume, series=series, allow_rgb=allow_rgb,
+                                channel=channel, **kwargs)
         if volume is not None and read and not any(s.kind == "nifti" for s in read):
             raise InputError(f"--volume picks one volume of a 4-D NIfTI, but none of the training data is NIfTI "
                              f"({read[0].source} is {read[0].kind.upper()}).")
