@@ -10,7 +10,8 @@ Conventions (the choices a reader has to make):
   alpha channel that is fully opaque, are accepted as grey. Other colour images are an
   InputError ("expected a single-channel image; got 3 channels") unless ``allow_rgb=True``,
   which converts to grey with the ITU-R BT.601 luma weights ``0.299 R + 0.587 G + 0.114 B``
-  (dropping any alpha). Colour DICOM is always an error.
+  (dropping any alpha), or ``channel=N``, which reads that one channel (of a colour PNG/JPEG,
+  or of a TIFF's samples or fluorescence channels). Colour DICOM is always an error.
 - Values: NaN or Inf anywhere is an InputError. A file whose every value is zero is an
   InputError too (nothing to learn from or reconstruct; it is almost always a failed export),
   while single all-zero slices inside a stack are kept (the ends of a CT volume often are).
@@ -140,10 +141,11 @@ def read_images(
     elif kind == "nifti":
         data, spacing = _read_nifti(path, axis, volume)
         stack = ImageStack(data, path, "nifti", spacing=spacing)
+    elif kind in ("png", "jpeg", "tiff"):
+        reader = _read_tiff if kind == "tiff" else _read_pillow
+        stack = ImageStack(reader(path, key, allow_rgb, channel), path, kind)
     else:
-        data = (_READERS[kind](path, key, allow_rgb) if channel is None else
-                _READERS[kind](path, key, allow_rgb, channel))
-        stack = ImageStack(data, path, kind)
+        stack = ImageStack(_READERS[kind](path, key, allow_rgb), path, kind)
     stack.data = _checked(stack.data, path)
     return stack
 
