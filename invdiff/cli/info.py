@@ -1,5 +1,6 @@
 """``invdiff info``: what a measurement, result, prior, DICOM file or series folder, or image file
-holds; and what operators, solvers and classical methods are registered."""
+holds (a folder of several DICOM series: which; a 4-D NIfTI: how many volumes); and what
+operators, solvers and classical methods are registered."""
 
 from __future__ import annotations
 
@@ -133,7 +134,7 @@ def solver_details(name: str) -> dict[str, Any]:
 
 @app.command(epilog="Examples:\n\n  invdiff info sino.h5\n\n  invdiff info recon.h5 --json\n\n  invdiff info --solvers")
 def info(
-    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, calibration (.json), DICOM file or DICOM series folder, or image file.")] = None,
+    file: Annotated[Optional[Path], typer.Argument(help="Measurement, result, prior folder, calibration (.json), DICOM file or series folder (a folder of several series: their numbers and UIDs, for --series), or image file (a 4-D NIfTI: its volume count, for --volume).")] = None,
     operators: Annotated[bool, typer.Option("--operators", help="List registered operators.")] = False,
     solvers: Annotated[bool, typer.Option("--solvers", help="List registered posterior solvers, their --option names with defaults and their tuned per-operator defaults.")] = False,
     methods: Annotated[bool, typer.Option("--methods", help="List classical methods.")] = False,
