@@ -153,21 +153,19 @@ def read_images(
 def read_image_paths(
     paths: Sequence[str | os.PathLike],
     *,
-    key: str | None = None,
-    axis: int = 2,
-    allow_rgb: bool = False,
-    volume: int | None = None,
-    series: str | None = None,
-    channel: int | None = None,
     failures: list[tuple[Path, str]] | None = None,
+    **selection: Any,
 ) -> list[ImageStack]:
     """Read many files and folders. Folders are searched recursively for image files (hidden
     files and unknown suffixes are skipped); the DICOM files of one folder become one stack per
-    series. An explicitly named file is always read (and may fail). ``volume`` is passed to
-    every NIfTI file (a folder's other files are read without it). ``series`` keeps, in every
-    folder, only the DICOM series of that number or UID (`dicom.select_series`; folders without
-    it are passed over, and other files are not read); InputError when no folder has it.
-    ``channel`` is passed to every PNG, JPEG and TIFF file.
+    series. An explicitly named file is always read (and may fail).
+
+    selection: `read_images`' keywords (key, axis, allow_rgb, volume, series, channel), each
+        passed to the files it applies to: ``volume`` to NIfTI files, ``channel`` to PNG, JPEG
+        and TIFF files (a folder's other files are read without them). ``series`` keeps, in
+        every folder, only the DICOM series of that number or UID (`dicom.select_series`;
+        folders without it are passed over, and other files are not read); InputError when no
+        folder has it.
 
     failures: None (default) raises the first InputError. A list makes the read lenient, for
     batch runs: each file (or DICOM series) that cannot be read is appended as ``(path,
@@ -184,12 +182,16 @@ def read_image_paths(
             failures.append((Path(source), str(exc)))
             return None
 
+    unknown = set(selection) - {"key", "axis", "allow_rgb", "volume", "series", "channel"}
+    if unknown:
+        raise TypeError(f"read_image_paths() got unexpected keyword arguments {sorted(unknown)}")
+    series = selection.pop("series", None)
     for entry in map(Path, paths):
         if series is not None and not entry.is_dir():
             raise InputError(f"{entry}: --series picks one series of a DICOM folder; give the folder, not a file.")
         if entry.is_dir():
             before = len(failures) if failures is not None else 0
-            found = _read_folder(entry, key, axis, allow_rgb, volume, series, channel, attempt)
+            found = _read_folder(entry, selection, series, attempt)
             if not found and (failures is None or len(failures) == before):
                 message = (f"{entry}: folder contains no image files." if series is None else
                            f"{entry}: no folder in it holds a DICOM series with number or UID {series.strip()!r}.")
@@ -198,8 +200,7 @@ def read_image_paths(
                 failures.append((entry, message))
             stacks.extend(found)
         else:
-            stack = attempt(entry, lambda: read_images(entry, key=key, axis=axis, allow_rgb=allow_rgb,
-                                                       volume=_for_nifti(entry, volume), channel=_for_colour(entry, channel)))
+            stack = attempt(entry, lambda: read_images(entry, **_selection_for(entry, selection)))
             if stack is not None:
                 stacks.append(stack)
     return stacks
@@ -668,14 +669,13 @@ _READERS: dict[str, Callable[[Path, str | None, bool], np.ndarray]] = {
 # ---------------------------------------------------------------------------------------
 
 
-def _for_nifti(path: Path, volume: int | None) -> int | None:
-    """``volume`` for a NIfTI file, None for every other kind (batch reads of mixed folders)."""
-    return volume if volume is not None and _suffix_kind(path) == "nifti" else None
-
-
-def _for_colour(path: Path, channel: int | None) -> int | None:
-    """``channel`` for a PNG, JPEG or TIFF file, None for every other kind."""
-    return channel if channel is not None and _suffix_kind(path) in ("png", "jpeg", "tiff") else None
+def _selection_for(path: Path, selection: dict[str, Any]) -> dict[str, Any]:
+    """`read_images`' keywords for ``path`` in a batch read: ``volume`` only for a NIfTI file,
+    ``channel`` only for a PNG, JPEG or TIFF file (a mixed folder's other files are read whole)."""
+    kind = _suffix_kind(path)
+    drop = {"volume"} if kind != "nifti" else set()
+    drop |= {"channel"} if kind not in ("png", "jpeg", "tiff") else set()
+    return {k: v for k, v in selection.items() if k not in drop}
 
 
 def _read_dicom_folder(folder: Path, series: str | None = None) -> ImageStack:
@@ -717,8 +717,8 @@ def dicom_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volume: int | None, series: str | None,
-                 channel: int | None, attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
+def _read_folder(folder: Path, selection: dict[str, Any], series: str | None,
+                 attempt: Callable[[Path, Callable[[], Any]], Any]) -> list[ImageStack]:
     stacks: list[ImageStack] = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -739,9 +739,7 @@ def _read_folder(folder: Path, key: str | None, axis: int, allow_rgb: bool, volu
                 continue
             kind = _suffix_kind(path)
             if kind is not None and kind != "dicom":
-                stack = attempt(path, lambda path=path: read_images(path, key=key, axis=axis, allow_rgb=allow_rgb,
-                                                                    volume=_for_nifti(path, volume),
-                                                                    channel=_for_colour(path, channel)))
+                stack = attempt(path, lambda path=path: read_images(path, **_selection_for(path, selection)))
                 if stack is not None:
                     stacks.append(stack)
     return stacks
