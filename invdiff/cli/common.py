@@ -15,7 +15,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from invdiff.errors import InputError
-from invdiff.notices import loudness, set_quiet
+from invdiff.notices import loudness, set_quiet, warn
 
 #: click's usage-error base class as Typer raises it: the real ``click.ClickException`` for
 #: Typer < 0.22, Typer's vendored copy (``typer._click``) after; found through the public
@@ -163,8 +163,7 @@ def warn_slow_bf16(device, quiet: bool) -> None:
     checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     if any(check is None for check in checks) or any(check() for check in checks):
         return  # native bfloat16 (or a torch that cannot tell): no warning
-    print("invdiff: warning: this CPU has no bfloat16 instructions (AMX or AVX512-BF16), so --bf16 runs slower "
-          "than float32 here.", file=sys.stderr)
+    warn("this CPU has no bfloat16 instructions (AMX or AVX512-BF16), so --bf16 runs slower than float32 here.")
 
 
 def make_generator(seed: int):

@@ -44,6 +44,7 @@ from invdiff.cli.options import (
     geometry_from_options,
 )
 from invdiff.errors import InputError, naming
+from invdiff.notices import warn
 
 METHOD_HELP = (
     "Classical method instead of a prior: fbp (radon), zero-filled, cg-sense (mri), wiener, richardson-lucy (blur), "
@@ -252,10 +253,10 @@ def reconstruct(
         options=_parse_options(option), samples=samples, keep_samples=keep_samples, seed=seed, batch=batch_size,
         std_window=std_window, calibration=the_calibration, calibration_path=calibration_path,
     )
-    if method is None and samples == 1 and not quiet and not dry_run:
-        print("invdiff: warning: --samples 1 draws one posterior sample, so the std map holds no posterior spread "
-              "(it is 0, or only the disagreement with a classical estimate the solver averages in); "
-              "use --samples 2 or more for an uncertainty map.", file=sys.stderr)
+    if method is None and samples == 1 and not dry_run:
+        warn("--samples 1 draws one posterior sample, so the std map holds no posterior spread "
+             "(it is 0, or only the disagreement with a classical estimate the solver averages in); "
+             "use --samples 2 or more for an uncertainty map.")
     loaded_priors: dict[str, object] = {}
     summary, failures = [], []
     bar = show_progress(quiet, json_out)
@@ -264,9 +265,7 @@ def reconstruct(
             if is_result_file(dst):
                 summary.append({"input": str(src), "out": str(dst), "skipped": True})
                 continue
-            if not quiet:
-                print(f"invdiff: warning: {dst} exists but is not a readable invdiff result; reconstructing "
-                      f"{src} again.", file=sys.stderr)
+            warn(f"{dst} exists but is not a readable invdiff result; reconstructing {src} again.")
         try:
             with naming(src):
                 m = load_measurement(src, operator=operator, geometry=geometry, image_size=image_size, seed=seed)
@@ -302,21 +301,21 @@ def reconstruct(
                 else:
                     result = run_prior(m, s, the_prior, dev, advance)
             differ = (result.info.get("calibration") or {}).get("operator_settings_differ")
-            if differ and not quiet:
-                print(f"invdiff: warning: {src}: the calibration was fitted at other operator settings ({', '.join(differ)}); "
-                      "its coverage guarantee is for those.", file=sys.stderr)
+            if differ:
+                warn(f"{src}: the calibration was fitted at other operator settings ({', '.join(differ)}); "
+                     "its coverage guarantee is for those.")
             unfitting = result.info.get("calibration_none_fits")
-            if unfitting and not quiet:
-                print(f"invdiff: warning: {src}: no calibration shipped with the prior fits this run (the nearest, "
-                      f"{Path(unfitting['nearest']).name}, was fitted at other {', '.join(unfitting['operator_settings_differ'])}); "
-                      "the std is the plain sample std, which covers less than it claims (fit a scale for your "
-                      "setting with `invdiff calibrate`).", file=sys.stderr)
+            if unfitting:
+                warn(f"{src}: no calibration shipped with the prior fits this run (the nearest, "
+                     f"{Path(unfitting['nearest']).name}, was fitted at other {', '.join(unfitting['operator_settings_differ'])}); "
+                     "the std is the plain sample std, which covers less than it claims (fit a scale for your "
+                     "setting with `invdiff calibrate`).")
             record = provenance(m, result.info, seed=seed, device=str(dev), prior=the_prior)
             record["wall_seconds"] = time.perf_counter() - start
             this_png = png if png_dir is None else png_dir / f"{src.stem}.png"
             this_dicom = dicom if dicom_root is None else dicom_root / src.stem
             write_outputs(m, result.reconstruction, result.std, result.samples, record, out=dst, dicom_dir=this_dicom, png=this_png)
-            if record.get("dicom_source_left_out") and not quiet:
+            if record.get("dicom_source_left_out"):
                 warn_left_out(src, this_dicom, record["dicom_source_left_out"])
             summary.append({"input": str(src), "out": str(dst), **{k: result.info[k] for k in ("seconds",) if k in result.info}})
             if not quiet and not json_out:
@@ -339,5 +338,5 @@ def reconstruct(
 def warn_left_out(src: Path, dicom_dir: Path, dropped: dict[str, str]) -> None:
     """Say which of the DICOM source's attributes the series left out (invdiff.io.dicom_meta.left_out)."""
     why = "; ".join(f"{keyword} {reason}" for keyword, reason in dropped.items())
-    print(f"invdiff: warning: {src}: the series in {dicom_dir} leaves out the DICOM source's {', '.join(dropped)}, "
-          f"which a valid series cannot carry ({why}); a left-out UID gets a new one of its own.", file=sys.stderr)
+    warn(f"{src}: the series in {dicom_dir} leaves out the DICOM source's {', '.join(dropped)}, "
+         f"which a valid series cannot carry ({why}); a left-out UID gets a new one of its own.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +14,7 @@ from invdiff.cli.app import app
 from invdiff.cli.common import (DeviceOpt, ChannelOpt, GreyOpt, JsonOpt, QuietOpt, SeedOpt, SeriesOpt, VolumeOpt, check_output_folder, emit_json,
                                 refuse_clobbering, resolve_device, show_progress, warn_slow_bf16)
 from invdiff.errors import InputError
+from invdiff.notices import warn
 
 EXAMPLES = """
 Examples:
@@ -60,13 +60,12 @@ def _positive(value: float, option: str) -> None:
         raise InputError(f"{option} must be positive and finite, got {value}.")
 
 
-def _warn_complex_magnitude(stacks: list, channels: int, quiet: bool) -> None:
+def _warn_complex_magnitude(stacks: list, channels: int) -> None:
     """One stderr line when complex images are trained as one channel: on their magnitude."""
     complex_stack = next((st for st in stacks if st.data.dtype.kind == "c"), None)
-    if channels == 1 and complex_stack is not None and not quiet:
-        print(f"invdiff: warning: {complex_stack.source}: the images are complex and --channels 1 trains on their "
-              "magnitude |x| (a magnitude prior); give --channels 2 for a complex prior (real and imaginary parts).",
-              file=sys.stderr)
+    if channels == 1 and complex_stack is not None:
+        warn(f"{complex_stack.source}: the images are complex and --channels 1 trains on their magnitude |x| "
+             "(a magnitude prior); give --channels 2 for a complex prior (real and imaginary parts).")
 
 
 def _check_out_folder(out: Path) -> None:
@@ -199,7 +198,7 @@ def train(
     norm = units_from_data(stacks, norm)
     train_set, val_set = build_sets(stacks, image_size, channels, fit, norm, val_fraction)
     val_stacks = read_stacks(list(val_data), key=key, axis=axis, volume=volume, series=series, allow_rgb=grey, channel=channel) if val_data else []
-    _warn_complex_magnitude(stacks + val_stacks, channels, quiet)
+    _warn_complex_magnitude(stacks + val_stacks, channels)
     extra_val = None
     if val_data:
         if units_from_data(val_stacks, norm).units != norm.units:

@@ -89,11 +89,11 @@ def refuse_special_file(target: str | os.PathLike) -> None:
 
 def write_problem(target: str | os.PathLike, exc: OSError) -> InputError:
     """The InputError for an OSError while writing ``target`` (a full disk, an I/O error): one
-    sentence naming the output and the system's reason (`_write_reason`)."""
-    return InputError(f"{target}: cannot write the output ({_write_reason(exc)}).")
+    sentence naming the output and the system's reason (`write_reason`)."""
+    return InputError(f"{target}: cannot write the output ({write_reason(exc)}).")
 
 
-def _write_reason(exc: OSError) -> str:
+def write_reason(exc: OSError) -> str:
     """The system's reason for ``exc`` in a few words, from its errno where it has one (h5py's
     OSErrors carry HDF5's multi-line report as their text)."""
     reason = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
@@ -241,7 +241,7 @@ def _write_problem_of(exc: OSError, temps: list[Path], targets: list[Path]) -> I
             return write_problem(target, exc)
     if len(targets) == 1:
         return write_problem(targets[0], exc)
-    return InputError(f"{', '.join(map(str, targets))}: cannot write the outputs ({_write_reason(exc)}).")
+    return InputError(f"{', '.join(map(str, targets))}: cannot write the outputs ({write_reason(exc)}).")
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:

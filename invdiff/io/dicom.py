@@ -34,7 +34,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from invdiff.errors import InputError
-from invdiff.io.atomic import exchange_paths
+from invdiff.io.atomic import exchange_paths, write_reason
 from invdiff.io.dicom_frames import frame_positions, frame_value, invert_monochrome1, is_enhanced, rescale_frames
 
 MU_WATER_PER_MM = 0.0192
@@ -548,7 +548,7 @@ def write_dicom_series(
                 ds.save_as(tmp_dir / name, enforce_file_format=True)
                 _fsync(tmp_dir / name)
     except OSError as exc:  # a full disk: _atomic_folder has removed the partial series
-        raise InputError(f"{out_dir}: cannot write the DICOM series ({exc.strerror or _reason(exc)}).") from None
+        raise InputError(f"{out_dir}: cannot write the DICOM series ({write_reason(exc)}).") from None
     return [out_dir / name for name in names]
 
 

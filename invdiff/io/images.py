@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import inspect
 import logging
 import os
 import zipfile
@@ -114,7 +115,7 @@ def read_images(
     if not path.exists():
         raise InputError(f"{path}: file does not exist.")
     if series is not None and not path.is_dir():
-        raise InputError(f"{path}: --series picks one series of a DICOM folder; give the folder, not a file.")
+        raise _series_of_a_file(path)
     if path.is_dir():
         if volume is not None:
             raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI file, not of a DICOM folder.")
@@ -182,13 +183,13 @@ def read_image_paths(
             failures.append((Path(source), str(exc)))
             return None
 
-    unknown = set(selection) - {"key", "axis", "allow_rgb", "volume", "series", "channel"}
+    unknown = set(selection) - set(inspect.signature(read_images).parameters) - {"path"}
     if unknown:
         raise TypeError(f"read_image_paths() got unexpected keyword arguments {sorted(unknown)}")
     series = selection.pop("series", None)
     for entry in map(Path, paths):
         if series is not None and not entry.is_dir():
-            raise InputError(f"{entry}: --series picks one series of a DICOM folder; give the folder, not a file.")
+            raise _series_of_a_file(entry)
         if entry.is_dir():
             before = len(failures) if failures is not None else 0
             found = _read_folder(entry, selection, series, attempt)
@@ -578,16 +579,15 @@ def _read_nifti(path: Path, axis: int, volume: int | None = None) -> tuple[np.nd
             colour = "RGBA" if "A" in dtype.names else "RGB"
             raise InputError(f"{path}: expected a single-channel image; got an {colour} NIfTI volume.")
         image = nibabel.as_closest_canonical(image)
-        dataobj = _nifti_volume(image, path, volume)
-        volume = np.asarray(dataobj, dtype=np.complex64 if dtype.kind == "c" else np.float32)
+        data = np.asarray(_nifti_volume(image, path, volume), dtype=np.complex64 if dtype.kind == "c" else np.float32)
         zooms = [float(z) for z in image.header.get_zooms()[:3]]
     except InputError:
         raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable NIfTI file, or truncated ({dicom._reason(exc)}).") from None
-    volume = volume.reshape(volume.shape[:3] + (1,) * (3 - volume.ndim))
+    data = data.reshape(data.shape[:3] + (1,) * (3 - data.ndim))
     zooms = (zooms + [1.0, 1.0, 1.0])[:3]
-    return _display_slices(volume[::-1, ::-1, :], tuple(zooms), axis)
+    return _display_slices(data[::-1, ::-1, :], tuple(zooms), axis)
 
 
 def nifti_volumes(path: str | os.PathLike) -> int:
@@ -667,6 +667,10 @@ _READERS: dict[str, Callable[[Path, str | None, bool], np.ndarray]] = {
 # ---------------------------------------------------------------------------------------
 # folders and DICOM series
 # ---------------------------------------------------------------------------------------
+
+
+def _series_of_a_file(path: Path) -> InputError:
+    return InputError(f"{path}: --series picks one series of a DICOM folder; give the folder, not a file.")
 
 
 def _selection_for(path: Path, selection: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from invdiff.errors import InputError
-from invdiff.io.atomic import atomic_path
+from invdiff.io.atomic import atomic_path, write_reason
 
 PERCENTILES = (0.5, 99.5)
 MIN_PANEL = 128  # small images are enlarged (nearest neighbour, integer factor) to at least this size
@@ -208,5 +208,5 @@ def _write(path: str | os.PathLike, pixels: np.ndarray) -> Path:
         try:
             image.save(tmp, format="PNG")
         except OSError as exc:
-            raise InputError(f"{path}: cannot write the PNG file ({exc.strerror or exc}).") from None
+            raise InputError(f"{path}: cannot write the PNG file ({write_reason(exc)}).") from None
     return path
