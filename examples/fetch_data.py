@@ -10,6 +10,10 @@ are written to ``data/`` by ``prepare_brain.py``.
 
 Sources (licences in data/README.md):
   colin27      Debian mricron-data: ch2better.nii.gz (Colin27 T1, BSD-3)
+  colin27_scalp Debian mricron-data: ch2.nii.gz (the same subject, 1 mm, scalp and skull kept, BSD-3)
+                                                                            [wide training set]
+  itk_t1       Debian insighttoolkit5-examples: KmeansTest_T1UCharRaw.nii.gz (another subject's
+               T1 with skull, 2 x 2 x 3 mm, Apache-2.0)                     [wide training set]
   mni152       PyPI nilearn wheel: MNI152 2009c T1 template (ICBM licence, redistribution allowed)
   dipy_s0      PyPI dipy wheel: S0_10slices.nii.gz (b0 EPI, BSD-3)          [other-subject validation]
   adi_slice    npm ami.js: adi_slice.dcm (MEMPRAGE slice, MIT)              [other-subject validation]
@@ -43,6 +47,18 @@ SOURCES = {
         "package": "mricron-data",
         "member": "usr/share/mricron/templates/ch2better.nii.gz",
         "sha256": "a094f3ccf383c495c9569625bd0c06993fd4b02d2a8d9966da5fea7d7e530e8d",
+    },
+    "colin27_scalp": {
+        "registry": "apt",
+        "package": "mricron-data",
+        "member": "usr/share/mricron/templates/ch2.nii.gz",
+        "sha256": "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309",
+    },
+    "itk_t1": {
+        "registry": "apt",
+        "package": "insighttoolkit5-examples",
+        "member": "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
+        "sha256": "e0e5975587f3f7916804bdd317c493cdb99cdb3703bf2671d458528f62510327",
     },
     "mni152": {
         "registry": "pip",

