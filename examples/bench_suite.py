@@ -1,7 +1,7 @@
 """Run the whole benchmark protocol and rewrite the tables in BENCHMARKS.md.
 
     python examples/bench_suite.py                 # everything (about 2 h on 2 CPU cores)
-    python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min
+    python examples/bench_suite.py --quick         # the same protocol on fewer slices: < 10 min (8.5 on 2 AVX2 cores)
     python examples/bench_suite.py --only classical,recon-heldout --device cuda   # recon-heldout-ct, -ct-cold, -mri, ...
     python examples/bench_suite.py --only recon-heldout-mri,recon-other-mri   # the MRI default's rows alone
 
@@ -26,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,6 +42,12 @@ EXTENDED = "ct30-lowdose,ct60-lowdose,mri4x-8coil,mri8x-8coil,blur-bead"
 #: beside TV and the default on the same 3 held-out slices, for the per-solver coverage the
 #: reconstruction issue asks for (about 25 min on 2 CPU cores)
 OTHER_SOLVERS = "default,dps,pc,langevin"
+
+
+#: sections that time the network in bfloat16 against float32; in quick mode they are left out
+#: on a CPU without bfloat16 instructions (there bfloat16 is emulated: 8x slower to train and 5x
+#: to reconstruct on a 2-core AMD EPYC with AVX2 only, 4 of the quick suite's 18 minutes), with a line saying so
+BF16_SECTIONS = ("train-speed-bf16", "recon-bf16")
 
 
 def sections(quick: bool, device: str) -> dict[str, list[str]]:
@@ -81,7 +88,8 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         "radon-speed": py + [str(HERE / "bench_radon.py"), "--sizes", "128", *([] if quick else ["256"]),
                              "--threads", "2", *([] if quick else ["1"]), "--repeats", "3" if quick else "5"],
         "classical": py + [str(HERE / "bench_classical.py"), "--slices", slices],
-        "classical-256": py + [str(HERE / "bench_classical.py"), "--slices", slices, "--size", "256", "--no-bart"],
+        "classical-256": py + [str(HERE / "bench_classical.py"), "--slices", "1" if quick else slices, "--size", "256",
+                               "--no-bart"],
         "train-speed": py + [str(HERE / "bench_train.py"), "--steps", "3" if quick else "10", *dev],
         "sampling-speed": py + [str(HERE / "bench_sampling.py"), "--sizes", "64", "128", "--batch", "4",
                                 "--steps", "3" if quick else "6", *dev],
@@ -90,7 +98,7 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
         "denoise": py + [str(HERE / "bench_denoise.py"), "--slices", "4" if quick else "8"],
         **brain,
         "recon-extended": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--settings",
-                                "ct30-lowdose,mri8x-8coil" if quick else EXTENDED, "--slices", slices,
+                                "ct30-lowdose,mri8x-8coil" if quick else EXTENDED, "--slices", "1" if quick else slices,
                                 "--solvers", "default", "--samples", "2" if quick else "4", *dev],
         "recon-ct": py + [str(HERE / "bench_reconstruct.py"), "--set", "ct", "--settings",
                           "ct30,ct30-lowdose" if quick else "ct30,ct60,ct30-lowdose,ct60-lowdose", "--slices", slices,
@@ -104,8 +112,10 @@ def sections(quick: bool, device: str) -> dict[str, list[str]]:
                             "ct30" if quick else "ct30,mri8x", "--slices", slices, "--solvers", "default", "--methods",
                             "none", "--samples", "2" if quick else "4", "--shipped-calibration",
                             "--dtypes", "float32,bfloat16", *dev],
+        # quick: CT alone (MRI's default takes 100 network evaluations per sample, 2.6 min per
+        # 256x256 slice on 2 AMD EPYC cores)
         "recon-256": py + [str(HERE / "bench_reconstruct.py"), "--set", "heldout", "--size", "256",
-                           "--settings", "ct30,mri8x", "--slices", "1" if quick else "2", "--solvers", "default",
+                           "--settings", "ct30" if quick else "ct30,mri8x", "--slices", "1" if quick else "2", "--solvers", "default",
                            "--samples", "2" if quick else "4", *dev],
         "batch-cache": py + [str(HERE / "bench_operator_cache.py"), "--files", "2" if quick else "4"],
         "batch-memory": py + [str(HERE / "bench_batch_memory.py"), "--files", "100" if quick else "500"],
@@ -191,15 +201,26 @@ def main() -> None:
         todo = {k: v for k, v in todo.items() if any(selects(w, k) for w in wanted)}
     if not args.dry_run and importlib.util.find_spec("invdiff") is None:
         sys.exit("bench_suite: invdiff is not installed in this Python; run `pip install -e .` in the repository first.")
+    if args.quick and args.device == "cpu" and slow_bf16():
+        for name in BF16_SECTIONS:
+            if todo.pop(name, None) is not None:
+                print(f"[{name}] left out in quick mode: this CPU has no bfloat16 instructions (AMX or AVX512-BF16), "
+                      "so bfloat16 would only measure its emulation; run the suite without --quick to time it",
+                      flush=True)
+    started = time.perf_counter()
     if not args.dry_run:
         prepare_data()
+    prepared = time.perf_counter()
+    took = {}
     for name, command in todo.items():
         shown = shlex.join(["python", *[os.path.relpath(c, HERE.parent) if c.startswith(str(HERE)) else c
                                         for c in command[1:]]])
         print(f"[{name}] {shown}", flush=True)
         if args.dry_run:
             continue
+        t0 = time.perf_counter()
         run = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent)
+        took[name] = time.perf_counter() - t0
         if run.returncode != 0:
             print(run.stdout[-2000:], run.stderr[-4000:], sep="\n", file=sys.stderr)
             sys.exit(f"section {name} failed (exit {run.returncode}); BENCHMARKS.md keeps its old text for it.")
@@ -209,6 +230,18 @@ def main() -> None:
         text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
         args.out.write_text(splice(text, name, body))
         print(table_lines(run.stdout), flush=True)
+        print(f"[{name}] {took[name]:.0f} s", flush=True)
+    if took:
+        slowest = ", ".join(f"{n} {t:.0f} s" for n, t in sorted(took.items(), key=lambda kv: -kv[1])[:5])
+        print(f"[suite] {time.perf_counter() - prepared:.0f} s for {len(took)} sections (slowest: {slowest}); "
+              f"{prepared - started:.0f} s preparing data", flush=True)
+
+
+def slow_bf16() -> bool:
+    """True on a CPU whose bfloat16 arithmetic is emulated (invdiff.cli.common.cpu_lacks_bf16)."""
+    from invdiff.cli.common import cpu_lacks_bf16
+
+    return cpu_lacks_bf16()
 
 
 if __name__ == "__main__":

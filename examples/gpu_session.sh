@@ -8,7 +8,7 @@
 #     bash examples/gpu_session.sh --prepare
 #   copies the raw brain volumes (the wide training set's two scans with skull, and the
 #   clinical series prepare_brain.py also reads, as one .tar.xz) into .gpudata/ and the wheels
-#   the GPU machine lacks into .whl/ (both ignored by git through .git/info/exclude; 24.3 MB:
+#   the GPU machine lacks into .whl/ (both ignored by git through .git/info/exclude; 24.5 MB:
 #   with the 41.8 MB of tracked files 63.1 MiB, just under the 64 MiB a lent machine's working
 #   tree may hold; measured 2026-12-07).
 # There (device tool: run(command="bash examples/gpu_session.sh", carry=[".whl", ".gpudata"],
@@ -40,7 +40,11 @@
 # Try the plumbing on a CPU first (a tiny network from scratch, one slice per benchmark):
 #     DEVICE=cpu TRAIN_SECONDS=60 QUICK=1 BATCH=4 CHECKPOINT_EVERY=5 OUT=/tmp/gpu_out bash examples/gpu_session.sh
 #
-# Environment: DEVICE (cuda), TRAIN_SECONDS (260), BATCH (64), LR (2e-4, the first run's),
+# SIZE=256 makes the 256x256 brain prior instead (issue 5): the same network, fine-tuned at 256
+# from the shipped 128x128 weights (fully convolutional; applied to 256x256 slices it already
+# beats the classical methods, BENCHMARKS.md "256x256 slices") on train_wide_256, scored at 256;
+# no calibrations (calibrate_priors.py fits the 128x128 protocol).
+# Environment: DEVICE (cuda), SIZE (128), TRAIN_SECONDS (260), BATCH (64; 32 at SIZE=256), LR (2e-4, the first run's),
 # INIT (data/priors/brain128; empty: from scratch), TRAIN_SET (train_wide), QUICK (0),
 # CHECKPOINT_EVERY (250), RECON_SLICES (3), RECON_SETS (heldout other clinical),
 # RECON_SECONDS (45 per image set), CALIBRATE_SECONDS (110), PYTHON (python3),
@@ -75,9 +79,10 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-128}
 TRAIN_SECONDS=${TRAIN_SECONDS:-260}
 TRAIN_SET=${TRAIN_SET:-train_wide}
-BATCH=${BATCH:-64}
+BATCH=${BATCH:-$([[ $SIZE == 128 ]] && echo 64 || echo 32)}
 QUICK=${QUICK:-0}
 LR=${LR:-2e-4}
 INIT=${INIT-data/priors/brain128}
@@ -135,7 +140,7 @@ PYEOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 
 step "data"
-$PY examples/prepare_brain.py || exit 1
+$PY examples/prepare_brain.py --size "$SIZE" || exit 1
 
 # the operators' CUDA paths: the device-consistency checks of the operator contract, the
 # Radon CUDA comparison and the blur CUDA test (passed on an H200 on 2026-12-04; BENCHMARKS.md)
@@ -153,12 +158,12 @@ START=()
 if [[ "$QUICK" == 1 ]]; then  # plumbing try-out only: a tiny network from scratch
     NET=(--channels-base 8 --channel-mults 1,2 --res-blocks 1); START=()
 fi
-step "train for ${TRAIN_SECONDS}s on $DEVICE on $TRAIN_SET ${START[*]}"
-PRIOR=/tmp/brain128gpu
+step "train for ${TRAIN_SECONDS}s on $DEVICE on ${TRAIN_SET}_${SIZE} ${START[*]}"
+PRIOR=/tmp/brain${SIZE}gpu
 rm -rf "$PRIOR"
-timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/${TRAIN_SET}_128.npy" --out "$PRIOR" "${START[@]}" \
-    --image-size 128 --batch-size "$BATCH" --lr "$LR" --steps 1000000 "${NET[@]}" --sigma-data 0.261 \
-    --augment --augment-option p_invert=0.25 --val-data "$DATA/other_128.npy" \
+timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/${TRAIN_SET}_${SIZE}.npy" --out "$PRIOR" "${START[@]}" \
+    --image-size "$SIZE" --batch-size "$BATCH" --lr "$LR" --steps 1000000 "${NET[@]}" --sigma-data 0.261 \
+    --augment --augment-option p_invert=0.25 --val-data "$DATA/other_${SIZE}.npy" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet
 echo "train exit $? (124 or 130 = stopped by the time limit, as planned)"
 [[ -f "$PRIOR/config.json" ]] || { echo "no checkpoint was written"; exit 1; }
@@ -167,7 +172,7 @@ cp "$PRIOR/config.json" "$PRIOR/weights.safetensors" "$PRIOR/weights_ema.safeten
 cp "$PRIOR/training_log.csv" "$RESULTS/"; pack
 
 step "samples"
-$INVDIFF sample --prior "$PRIOR" -n 16 --image-size 128 --png "$OUT/samples.png" --out /tmp/samples.h5 --seed 0 \
+$INVDIFF sample --prior "$PRIOR" -n 16 --image-size "$SIZE" --png "$OUT/samples.png" --out /tmp/samples.h5 --seed 0 \
     --device "$DEVICE" || true
 
 if [[ "${SPEED:-0}" == 1 ]]; then
@@ -189,7 +194,7 @@ for set in ${RECON_SETS:-heldout other clinical}; do
     for prior in "${priors[@]}"; do
         tag=$([[ "$prior" == "$PRIOR" ]] && echo new || echo shipped)
         echo "--- set $set, prior $prior"
-        timeout "${RECON_SECONDS:-45}" $PY examples/bench_reconstruct.py --set "$set" "${recon[@]}" --solvers default \
+        timeout "${RECON_SECONDS:-45}" $PY examples/bench_reconstruct.py --set "$set" --size "$SIZE" "${recon[@]}" --solvers default \
             --prior "$prior" --device "$DEVICE" --json "$RESULTS/recon_${set}_${tag}.json" || echo "(stopped or failed: exit $?)"
         pack
     done
@@ -199,9 +204,13 @@ done
 # to $PRIOR/calibration/
 step "calibrations of the new prior (default solver) on $DEVICE"
 if [[ "$QUICK" == 1 ]]; then cal=(--settings ct30 --slices 9); else cal=(); fi
-timeout "${CALIBRATE_SECONDS:-110}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
-    --device "$DEVICE" || echo "(stopped or failed: exit $?)"
-cp -r "$PRIOR/calibration" "$RESULTS/" && pack && echo "calibration files in results.tar"
+if [[ "$SIZE" == 128 ]]; then
+    timeout "${CALIBRATE_SECONDS:-110}" $PY examples/calibrate_priors.py --prior brain128 --prior-dir "$PRIOR" "${cal[@]}" \
+        --device "$DEVICE" || echo "(stopped or failed: exit $?)"
+    cp -r "$PRIOR/calibration" "$RESULTS/" && pack && echo "calibration files in results.tar"
+else
+    echo "(none at $SIZE: calibrate_priors.py fits the 128x128 protocol)"
+fi
 
 # optional: the langevin calibrations of the SHIPPED prior (800 NFE per sample: about 3.5 h on
 # the 2-core CPU), into results.tar's calibration_shipped/ (copy them to data/priors/brain128/calibration)

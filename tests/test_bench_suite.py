@@ -93,3 +93,19 @@ def test_every_image_set_the_suite_reads_is_one_bench_reconstruct_knows():
     for name, cmd in bench_suite.sections(quick=False, device="cpu").items():
         if "--set" in cmd:
             assert cmd[cmd.index("--set") + 1] in bench_reconstruct.SETS, name
+
+
+@pytest.mark.parametrize("emulated", [True, False])
+def test_quick_mode_leaves_out_the_bf16_sections_where_bf16_is_emulated(emulated, monkeypatch, capsys):
+    monkeypatch.setattr(bench_suite, "slow_bf16", lambda: emulated)
+    monkeypatch.setattr(sys, "argv", ["bench_suite.py", "--quick", "--dry-run"])
+    bench_suite.main()
+    out = capsys.readouterr().out
+    for name in bench_suite.BF16_SECTIONS:
+        assert (f"[{name}] left out in quick mode: this CPU has no bfloat16 instructions" in out) == emulated
+        assert (f"[{name}] python examples/" in out) == (not emulated)
+    assert "[recon-256] python examples/bench_reconstruct.py" in out  # the other sections stay
+    monkeypatch.setattr(sys, "argv", ["bench_suite.py", "--dry-run"])  # the full suite always times bf16
+    bench_suite.main()
+    out = capsys.readouterr().out
+    assert all(f"[{name}] python examples/" in out for name in bench_suite.BF16_SECTIONS)

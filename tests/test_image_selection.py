@@ -250,6 +250,11 @@ def test_channel_of_a_colour_png_and_of_a_fluorescence_tiff(tmp_path):
     with pytest.raises(InputError, match=r"got 2 channels \(give --channel N"):
         read_images(tiff)
     np.testing.assert_array_equal(read_images(tiff, channel=1).data, stack[:, 1].astype(np.float32))
+    # both RGB samples and channels (CYXS): --channel cannot say which axis, so it refuses
+    both = tmp_path / "rgb_channels.tif"
+    tifffile.imwrite(both, np.zeros((2, 16, 12, 3), np.uint8), photometric="rgb", metadata={"axes": "CYXS"})
+    with pytest.raises(InputError, match=r"both 3 samples per pixel \(RGB\) and 2 channels, and --channel picks"):
+        read_images(both, channel=1)
     grey = tmp_path / "grey.png"
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(grey)
     with pytest.raises(InputError, match="this one has one channel"):

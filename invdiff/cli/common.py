@@ -153,16 +153,21 @@ def resolve_device(name: str):
     return device
 
 
+def cpu_lacks_bf16() -> bool:
+    """True when this CPU has neither AMX nor AVX512-BF16, so that bfloat16 arithmetic is
+    emulated and slower than float32 (measured on a 2-core AMD EPYC with AVX2 only: training 8x,
+    reconstruction 5x slower; BENCHMARKS.md); False when it has them or this torch cannot tell."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return not any(check is None for check in checks) and not any(check() for check in checks)
+
+
 def warn_slow_bf16(device, quiet: bool) -> None:
     """With --bf16 on a CPU that lacks bfloat16 instructions (AMX or AVX512-BF16), say on stderr
     that it will be slower there, not faster (emulated bfloat16 arithmetic)."""
-    import torch
-
-    if quiet or device.type != "cpu":
+    if quiet or device.type != "cpu" or not cpu_lacks_bf16():
         return
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    if any(check is None for check in checks) or any(check() for check in checks):
-        return  # native bfloat16 (or a torch that cannot tell): no warning
     warn("this CPU has no bfloat16 instructions (AMX or AVX512-BF16), so --bf16 runs slower than float32 here.")
 
 
