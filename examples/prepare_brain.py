@@ -23,8 +23,8 @@ Protocol (BENCHMARKS.md refers to it):
 
 * Wide training set (since split version 4; for the next prior, the shipped one was trained on
   `train`): `train` plus Colin27 again with scalp and skull (ch2.nii.gz, 1 mm, the same space as
-  ch2better), leaving out every slice whose slab touches a held-out block of ch2better or its
-  guard band, and every slice of another subject's T1 with skull at 2 x 2 x 3 mm (ITK's
+  ch2better: their brain centroids agree within 1 mm), leaving out every slice whose slab
+  overlaps a held-out block of ch2better or its guard band, and every slice of another subject's T1 with skull at 2 x 2 x 3 mm (ITK's
   KmeansTest head). The held-out, other and clinical sets see only skull-stripped T1 anatomy in
   `train`; heads with scalp, fat and bone, and a low-resolution scan, are what they lack.
 
@@ -130,7 +130,10 @@ def split_volume(volume: np.ndarray, size: int):
 
 
 def slice_mm(affine: np.ndarray, axis: int, index: float) -> float:
-    """World position (mm) along ``axis`` of slice ``index`` of a RAS+ volume with ``affine``."""
+    """World position (mm) along ``axis`` of slice ``index`` of a RAS+ volume with ``affine``
+    (axis-aligned: a rotated or sheared affine is refused, its slices are not slabs along axes)."""
+    if np.any(np.abs(affine[:3, :3] - np.diag(np.diag(affine[:3, :3]))) > 1e-6):
+        raise SystemExit("prepare_brain: a scan with an oblique affine cannot be matched slab by slab; nothing written.")
     return float(affine[axis, axis] * index + affine[axis, 3])
 
 
@@ -224,8 +227,7 @@ def wide_extra(colin_slabs: dict[int, tuple[float, float]], size: int) -> list[n
     volume, affine = canonical("colin27_scalp")
     scalp = slices_outside(volume, affine, colin_slabs, size)
     volume, _ = canonical("itk_t1")
-    itk = [image for _, slices in orientations(volume) for s in slices
-           if (s > 0.05).mean() > 0.05 and ((image := square_resize(s, size)) > 0.05).mean() >= MIN_HEAD]
+    itk = slices_outside(volume, np.eye(4), {}, size)  # another subject: every slice
     print(f"wide: {len(scalp)} Colin27 slices with scalp, {len(itk)} slices of ITK's T1 head")
     return scalp + itk
 

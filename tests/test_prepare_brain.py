@@ -105,3 +105,13 @@ def test_the_slabs_are_matched_in_millimetres_across_voxel_sizes():
         assert all(c + 1 > lo and c - 1 < hi for c in centres)  # each left-out slab overlaps
         assert all(-11.0 + 2 * i + 1 <= lo or -11.0 + 2 * i - 1 >= hi for i in kept)
         assert left == list(range(left[0], left[-1] + 1)) and len(left) >= (hi - lo) / 2
+
+
+def test_an_oblique_scan_is_refused_rather_than_matched_by_its_diagonal():
+    from prepare_brain import slice_mm
+
+    tilted = np.eye(4)
+    tilted[:2, :2] = [[np.cos(0.1), -np.sin(0.1)], [np.sin(0.1), np.cos(0.1)]]
+    with pytest.raises(SystemExit, match="oblique affine"):
+        slice_mm(tilted, 0, 3)
+    assert slice_mm(np.diag([2.0, 1.0, 1.0, 1.0]), 0, 3) == 6.0
