@@ -46,7 +46,7 @@
 # no calibrations (calibrate_priors.py fits the 128x128 protocol).
 # Environment: DEVICE (cuda), SIZE (128), TRAIN_SECONDS (260), BATCH (64; 32 at SIZE=256), LR (2e-4, the first run's),
 # INIT (data/priors/brain128; empty: from scratch), TRAIN_SET (train_wide), QUICK (0),
-# CHECKPOINT_EVERY (250), RECON_SLICES (3), RECON_SETS (heldout other clinical),
+# CHECKPOINT_EVERY (250), RECON_SLICES (3; 2 at SIZE=256), RECON_SETS (heldout other clinical),
 # RECON_SECONDS (45 per image set), CALIBRATE_SECONDS (110), PYTHON (python3),
 # WHEELS (.whl: wheels for the machine's Python, 3.12 there).
 set -uo pipefail
@@ -188,7 +188,7 @@ fi
 
 step "reconstruction with the new prior on $DEVICE"
 if [[ "$QUICK" == 1 ]]; then recon=(--settings ct30 --slices 1 --samples 2); else
-    recon=(--settings ct30,ct60,mri4x,mri8x,blur --slices "${RECON_SLICES:-3}" --samples 4); fi
+    recon=(--settings ct30,ct60,mri4x,mri8x,blur --slices "${RECON_SLICES:-$([[ $SIZE == 128 ]] && echo 3 || echo 2)}" --samples 4); fi
 priors=("$PRIOR"); [[ "${COMPARE_SHIPPED:-0}" == 1 ]] && priors+=(data/priors/brain128)
 for set in ${RECON_SETS:-heldout other clinical}; do
     for prior in "${priors[@]}"; do
