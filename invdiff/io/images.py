@@ -62,6 +62,8 @@ _MAGIC: list[tuple[int, bytes, Kind]] = [
     (128, b"DICM", "dicom"), (344, b"n+1\x00", "nifti"),
 ]
 _LUMA = np.array([0.299, 0.587, 0.114])
+#: the formats whose channels ``channel=N`` picks from (colour PNG/JPEG, multi-channel TIFF)
+_CHANNEL_KINDS = ("png", "jpeg", "tiff")
 
 
 @dataclass
@@ -131,7 +133,7 @@ def read_images(
         raise InputError(f"{path}: --key only applies to NPZ and HDF5 files, not {kind.upper()}.")
     if volume is not None and kind != "nifti":
         raise InputError(f"{path}: --volume picks one volume of a 4-D NIfTI file, not of a {kind.upper()} file.")
-    if channel is not None and kind not in ("png", "jpeg", "tiff"):
+    if channel is not None and kind not in _CHANNEL_KINDS:
         raise InputError(f"{path}: --channel picks one channel of a colour PNG/JPEG or multi-channel TIFF, not of a "
                          f"{kind.upper()} file.")
     if channel is not None and allow_rgb:
@@ -142,7 +144,7 @@ def read_images(
     elif kind == "nifti":
         data, spacing = _read_nifti(path, axis, volume)
         stack = ImageStack(data, path, "nifti", spacing=spacing)
-    elif kind in ("png", "jpeg", "tiff"):
+    elif kind in _CHANNEL_KINDS:
         reader = _read_tiff if kind == "tiff" else _read_pillow
         stack = ImageStack(reader(path, key, allow_rgb, channel), path, kind)
     else:
@@ -685,7 +687,7 @@ def _selection_for(path: Path, selection: dict[str, Any]) -> dict[str, Any]:
     ``channel`` only for a PNG, JPEG or TIFF file (a mixed folder's other files are read whole)."""
     kind = _suffix_kind(path)
     drop = {"volume"} if kind != "nifti" else set()
-    drop |= {"channel"} if kind not in ("png", "jpeg", "tiff") else set()
+    drop |= {"channel"} if kind not in _CHANNEL_KINDS else set()
     return {k: v for k, v in selection.items() if k not in drop}
 
 
