@@ -161,7 +161,9 @@ fi
 step "train for ${TRAIN_SECONDS}s on $DEVICE on ${TRAIN_SET}_${SIZE} ${START[*]}"
 PRIOR=/tmp/brain${SIZE}gpu
 rm -rf "$PRIOR"
-timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$DATA/${TRAIN_SET}_${SIZE}.npy" --out "$PRIOR" "${START[@]}" \
+# train_wide_SIZE is a folder of one stack per scan (validation: the last tenth of each)
+TRAIN_DATA="$DATA/${TRAIN_SET}_${SIZE}"; [[ -d "$TRAIN_DATA" ]] || TRAIN_DATA+=.npy
+timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$TRAIN_DATA" --out "$PRIOR" "${START[@]}" \
     --image-size "$SIZE" --batch-size "$BATCH" --lr "$LR" --steps 1000000 "${NET[@]}" --sigma-data 0.261 \
     --augment --augment-option p_invert=0.25 --val-data "$DATA/other_${SIZE}.npy" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet

@@ -28,7 +28,10 @@ Protocol (BENCHMARKS.md refers to it):
   KmeansTest head). The held-out, other and clinical sets see only skull-stripped T1 anatomy in
   `train`; heads with scalp, fat and bone, and a low-resolution scan, are what they lack.
 
-Writes cache/brain/{train,train_wide,heldout,other,clinical}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]) and
+Writes cache/brain/{train,heldout,other,clinical}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]), the
+wide set as the folder cache/brain/train_wide_SIZE/ of three such stacks (train.npy, colin27_scalp.npy,
+itk_t1.npy: `invdiff train` takes the last --val-fraction of EACH stack for validation, so that
+one file would have put nearly all of the ITK head, its last 218 slices, into validation) and
 split_SIZE.json (the split's version and counts) under $INVDIFF_CACHE, and with --samples the
 small committed files data/samples/brain_*_SIZE.npy.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -57,7 +61,8 @@ COPY_RMS = 1e-3
 #: 2 (2026-12-06): the symmetric MNI152 template holds out no sagittal slices.
 #: 3 (2026-12-07): adds the clinical set (train, heldout and other unchanged).
 #: 4 (2026-12-07): adds the wide training set train_wide_SIZE.npy (the others unchanged).
-SPLIT_VERSION = 4
+#: 5 (2026-12-07): the wide set is the folder train_wide_SIZE/, one stack per scan (same slices).
+SPLIT_VERSION = 5
 
 
 def normalise(volume: np.ndarray) -> np.ndarray:
@@ -225,16 +230,17 @@ def canonical(name: str) -> tuple[np.ndarray, np.ndarray]:
     return normalise(np.asarray(img.dataobj)), img.affine
 
 
-def wide_extra(colin_slabs: dict[int, tuple[float, float]], size: int) -> list[np.ndarray]:
-    """The slices the wide training set adds to ``train``: Colin27 again with scalp and skull
-    (ch2, 1 mm, same space as ch2better), outside the held-out slabs ``colin_slabs`` of
-    ch2better, and every slice of another subject's T1 with skull (ITK's test head)."""
+def wide_extra(colin_slabs: dict[int, tuple[float, float]], size: int) -> dict[str, list[np.ndarray]]:
+    """The slices the wide training set adds to ``train``, per scan: Colin27 again with scalp and
+    skull (``colin27_scalp``: ch2, 1 mm, same space as ch2better), outside the held-out slabs
+    ``colin_slabs`` of ch2better, and every slice of another subject's T1 with skull (``itk_t1``:
+    ITK's test head)."""
     volume, affine = canonical("colin27_scalp")
     scalp = slices_outside(volume, affine, colin_slabs, size)
     volume, _ = canonical("itk_t1")
     itk = slices_outside(volume, np.eye(4), {}, size)  # another subject: every slice
     print(f"wide: {len(scalp)} Colin27 slices with scalp, {len(itk)} slices of ITK's T1 head")
-    return scalp + itk
+    return {"colin27_scalp": scalp, "itk_t1": itk}
 
 
 def main() -> None:
@@ -257,10 +263,10 @@ def main() -> None:
     clinic = clinical(size)
     print(f"clinical: {len(clinic)} slices")
     stacks = {label: np.stack(images).astype(np.float32) for label, images in (("train", train), ("heldout", held),
-                                                                                  ("other", other), ("clinical", clinic),
-                                                                                  ("train_wide", train + wide))}
+                                                                                  ("other", other), ("clinical", clinic))}
+    wide_stacks = {"train": stacks["train"], **{name: np.stack(images).astype(np.float32) for name, images in wide.items()}}
     for label, name in (("heldout", "held-out"), ("other", "other-subject"), ("clinical", "clinical")):
-        leaked = copies(stacks[label], stacks["train_wide"])
+        leaked = copies(stacks[label], np.concatenate(list(wide_stacks.values())))
         if leaked:
             raise SystemExit(f"prepare_brain: {name} slices {leaked} are copies of training slices; nothing written.")
     out = cache_dir() / "brain"
@@ -268,8 +274,15 @@ def main() -> None:
     for label, stack in stacks.items():
         np.save(out / f"{label}_{size}.npy", stack)
         print(f"wrote {out / f'{label}_{size}.npy'}")
+    wide_dir = out / f"train_wide_{size}"
+    shutil.rmtree(wide_dir, ignore_errors=True)
+    (out / f"train_wide_{size}.npy").unlink(missing_ok=True)  # split version 4's single file
+    wide_dir.mkdir()
+    for name, stack in wide_stacks.items():
+        np.save(wide_dir / f"{name}.npy", stack)
+    print(f"wrote {wide_dir}/ ({', '.join(f'{n}: {len(s)}' for n, s in wide_stacks.items())})")
     split = {"version": SPLIT_VERSION, "train": len(train), "heldout": len(held), "other": len(other),
-             "clinical": len(clinic), "train_wide": len(train) + len(wide)}
+             "clinical": len(clinic), "train_wide": sum(len(s) for s in wide_stacks.values())}
     (out / f"split_{size}.json").write_text(json.dumps(split) + "\n")
     if args.samples:
         samples = REPO / "data" / "samples"

@@ -115,3 +115,34 @@ def test_an_oblique_scan_is_refused_rather_than_matched_by_its_diagonal():
     with pytest.raises(SystemExit, match="oblique affine"):
         slice_mm(tilted, 0, 3)
     assert slice_mm(np.diag([2.0, 1.0, 1.0, 1.0]), 0, 3) == 6.0
+
+
+def test_the_wide_set_is_one_stack_per_scan_so_validation_takes_from_each(tmp_path, monkeypatch):
+    """`invdiff train` validates on the last tenth of every stack: the wide set written as one
+    file would have validated on the ITK head (its last slices) and trained on almost none of it."""
+    import prepare_brain
+    from invdiff.prior.data import Normalisation, build_sets, read_stacks
+
+    def slices(n, value):
+        return [np.full((16, 16), value, np.float32) + 0.01 * np.eye(16, dtype=np.float32) * i for i in range(n)]
+
+    monkeypatch.setenv("INVDIFF_CACHE", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["prepare_brain.py", "--size", "16"])
+    monkeypatch.setattr(prepare_brain, "canonical", lambda name: (None, np.eye(4)))
+    monkeypatch.setattr(prepare_brain, "split_volume", lambda volume, size: (slices(40, 0.2), slices(2, 0.3)))
+    monkeypatch.setattr(prepare_brain, "excluded_mm", lambda volume, affine: {})
+    monkeypatch.setattr(prepare_brain, "wide_extra",
+                        lambda slabs, size: {"colin27_scalp": slices(30, 0.5), "itk_t1": slices(20, 0.7)})
+    monkeypatch.setattr(prepare_brain, "other_subjects", lambda size: slices(3, 0.9))
+    monkeypatch.setattr(prepare_brain, "clinical", lambda size: slices(3, 0.8))
+    (tmp_path / "brain").mkdir()
+    np.save(tmp_path / "brain" / "train_wide_16.npy", np.zeros((1, 16, 16), np.float32))  # version 4's file
+    prepare_brain.main()
+
+    wide = tmp_path / "brain" / "train_wide_16"
+    assert sorted(p.name for p in wide.iterdir()) == ["colin27_scalp.npy", "itk_t1.npy", "train.npy"]
+    assert not (tmp_path / "brain" / "train_wide_16.npy").exists()
+    train, val = build_sets(read_stacks([wide]), 16, 1, "crop", Normalisation(), 0.1)
+    # two volumes' 40 training slices each, then the two scans with skull: a tenth of each validates
+    assert [Path(s).name for s in val.sources] == ["colin27_scalp.npy"] * 3 + ["itk_t1.npy"] * 2 + ["train.npy"] * 8
+    assert len(train) == 27 + 18 + 72
