@@ -30,8 +30,8 @@ Protocol (BENCHMARKS.md refers to it):
 
 Writes cache/brain/{train,heldout,other,clinical}_SIZE.npy (float32, (N, SIZE, SIZE), [0, 1]), the
 wide set as the folder cache/brain/train_wide_SIZE/ of three such stacks (train.npy, colin27_scalp.npy,
-itk_t1.npy: `invdiff train` takes the last --val-fraction of EACH stack for validation, so that
-one file would have put nearly all of the ITK head, its last 218 slices, into validation) and
+itk_t1.npy: `invdiff train` validates on the last --val-fraction of each stack, and as one
+file that tenth would have been nearly all of the ITK head, the file's last 218 slices) and
 split_SIZE.json (the split's version and counts) under $INVDIFF_CACHE, and with --samples the
 small committed files data/samples/brain_*_SIZE.npy.
 """
