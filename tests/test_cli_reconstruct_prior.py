@@ -200,3 +200,10 @@ def test_prior_that_does_not_fit(setup, tmp_path, capsys):
     # An unknown solver.
     code = invdiff("reconstruct", meas, "--prior", setup[1], "--solver", "nosuch", "--out", out)
     assert code == 2 and not out.exists()
+    # A classical method given as a solver, and a solver as a method: the option that runs it.
+    code = invdiff("reconstruct", meas, "--solver", "tv", "--out", out)
+    err = capsys.readouterr().err
+    assert code == 2 and "'tv' is a classical method" in err and "--method tv" in err and not out.exists()
+    code = invdiff("reconstruct", meas, "--method", "diffpir", "--out", out)
+    err = capsys.readouterr().err
+    assert code == 2 and "'diffpir' is a posterior solver" in err and "--solver diffpir" in err and not out.exists()
