@@ -265,8 +265,9 @@ def main() -> None:
     stacks = {label: np.stack(images).astype(np.float32) for label, images in (("train", train), ("heldout", held),
                                                                                   ("other", other), ("clinical", clinic))}
     wide_stacks = {"train": stacks["train"], **{name: np.stack(images).astype(np.float32) for name, images in wide.items()}}
+    every_training_slice = np.concatenate(list(wide_stacks.values()))
     for label, name in (("heldout", "held-out"), ("other", "other-subject"), ("clinical", "clinical")):
-        leaked = copies(stacks[label], np.concatenate(list(wide_stacks.values())))
+        leaked = copies(stacks[label], every_training_slice)
         if leaked:
             raise SystemExit(f"prepare_brain: {name} slices {leaked} are copies of training slices; nothing written.")
     out = cache_dir() / "brain"

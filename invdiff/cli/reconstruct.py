@@ -122,18 +122,17 @@ def _check_dicom_folders(inputs: list[Path], outputs: list[Path], png: Optional[
                              f"put the DICOM series in a folder of its own.")
 
 
-def _method_solver_mix_up(method: str | None, solver: str | None) -> str | None:
-    """The sentence for a classical method given as --solver, or a solver given as --method
-    (None when neither is the case, or when a plug-in registers the name as both)."""
+def _refuse_method_solver_mix_up(method: str | None, solver: str | None) -> None:
+    """InputError for a classical method given as --solver, or a solver given as --method
+    (unless a plug-in registers the name as both)."""
     from invdiff.classical import method_names
     from invdiff.solvers.base import SOLVERS
 
     if solver is not None and solver in method_names() and solver not in SOLVERS.names():
-        return (f"'{solver}' is a classical method, not a posterior solver: give --method {solver} "
-                "(without --prior) to run it.")
+        raise InputError(f"'{solver}' is a classical method, not a posterior solver: give --method {solver} "
+                         "(without --prior) to run it.")
     if method is not None and method in SOLVERS.names() and method not in method_names():
-        return f"'{method}' is a posterior solver, not a classical method: give --solver {method} to run it."
-    return None
+        raise InputError(f"'{method}' is a posterior solver, not a classical method: give --solver {method} to run it.")
 
 
 @app.command(
@@ -204,9 +203,7 @@ def reconstruct(
 
     if method is not None and (prior is not None or solver is not None):
         raise InputError("--method runs a classical reconstruction; it cannot be combined with --prior or --solver.")
-    mixed_up = _method_solver_mix_up(method, solver)
-    if mixed_up:
-        raise InputError(mixed_up)
+    _refuse_method_solver_mix_up(method, solver)
     from invdiff.pipeline.pooling import check_window
 
     check_window(std_window)

@@ -358,14 +358,14 @@ def _check_stackable_series(series: Sequence[Any], path: Path) -> None:
 def _read_tiff(path: Path, key: str | None, allow_rgb: bool, channel: int | None = None) -> np.ndarray:
     pixels, axes = _tiff_pixels(path)
     if channel is not None:  # samples (RGB) or channels (fluorescence): the one asked for
-        both = [a for a in "SC" if a in axes and pixels.shape[axes.index(a)] > 1]
-        if len(both) == 2:
+        channel_axes = [a for a in "SC" if a in axes and pixels.shape[axes.index(a)] > 1]
+        if len(channel_axes) == 2:
             raise InputError(
                 f"{path}: this TIFF has both {pixels.shape[axes.index('S')]} samples per pixel (RGB) and "
                 f"{pixels.shape[axes.index('C')]} channels, and --channel picks along one axis only; save one "
                 "channel per file (or one grey image per channel) and read that."
             )
-        which = both[0] if both else None
+        which = channel_axes[0] if channel_axes else None
         pixels = _pick_channel(pixels, axes.index(which) if which else None, channel, path)
         axes = axes.replace(which, "")
     if "S" in axes:  # samples per pixel (RGB): move them last and reduce to one channel
