@@ -20,7 +20,9 @@
 #        same network; its validation losses were still falling when its first run was stopped
 #        at 2500 steps), on the wide training set (prepare_brain.py: the shipped prior's slices
 #        plus heads with scalp and skull, which the other-subject and clinical sets show and
-#        the shipped prior never saw; TRAIN_SET=train for its own slices);
+#        the shipped prior never saw; TRAIN_SET=train for its own slices), with 40 % of the
+#        images down-sampled by up to 3x (AUGMENT; a CPU fine-tune so lost 0.4 dB less at 8x on
+#        the other subjects' low-resolution EPI slices than without);
 #     2. draws 16 samples;
 #     3. runs examples/bench_reconstruct.py with the new prior on every setting of the
 #        protocol, held-out, other subjects and clinical, the benchmark's 6 scored slices, K = 4,
@@ -52,6 +54,8 @@
 # no calibrations (calibrate_priors.py fits the 128x128 protocol).
 # Environment: DEVICE (cuda), SIZE (128), TRAIN_SECONDS (260), BATCH (64; 32 at SIZE=256), LR (2e-4, the first run's),
 # INIT (data/priors/brain128; empty: from scratch), TRAIN_SET (train_wide), QUICK (0),
+# AUGMENT (p_invert=0.25 p_resample=0.4 max_resample_factor=3: KEY=VALUE settings of --augment-option;
+#   more images lose resolution, BENCHMARKS.md "The same with resolution augmentation"),
 # CHECKPOINT_EVERY (250), RECON_SLICES (6; 2 at SIZE=256), RECON_SETS (heldout other clinical),
 # RECON_SECONDS (60 per image set), CALIBRATE_SECONDS (65), PYTHON (python3),
 # WHEELS (.whl: wheels for the machine's Python, 3.12 there).
@@ -92,6 +96,7 @@ BATCH=${BATCH:-$([[ $SIZE == 128 ]] && echo 64 || echo 32)}
 QUICK=${QUICK:-0}
 LR=${LR:-2e-4}
 INIT=${INIT-data/priors/brain128}
+AUGMENT=${AUGMENT-p_invert=0.25 p_resample=0.4 max_resample_factor=3}
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
@@ -161,6 +166,8 @@ fi
 NET=(--channels-base 40 --channel-mults 1,2,2,2 --res-blocks 2)
 START=()
 [[ -n "$INIT" ]] && START=(--init "$INIT")
+AUG=()
+for setting in $AUGMENT; do AUG+=(--augment-option "$setting"); done
 if [[ "$QUICK" == 1 ]]; then  # plumbing try-out only: a tiny network from scratch
     NET=(--channels-base 8 --channel-mults 1,2 --res-blocks 1); START=()
 fi
@@ -171,7 +178,7 @@ rm -rf "$PRIOR"
 TRAIN_DATA="$DATA/${TRAIN_SET}_${SIZE}"; [[ -d "$TRAIN_DATA" ]] || TRAIN_DATA+=.npy
 timeout --signal=INT "$TRAIN_SECONDS" $INVDIFF train "$TRAIN_DATA" --out "$PRIOR" "${START[@]}" \
     --image-size "$SIZE" --batch-size "$BATCH" --lr "$LR" --steps 1000000 "${NET[@]}" --sigma-data 0.261 \
-    --augment --augment-option p_invert=0.25 --val-data "$DATA/other_${SIZE}.npy" \
+    --augment "${AUG[@]}" --val-data "$DATA/other_${SIZE}.npy" \
     --checkpoint-every "${CHECKPOINT_EVERY:-250}" --log-every "${CHECKPOINT_EVERY:-50}" --device "$DEVICE" --seed 0 --quiet
 echo "train exit $? (124 or 130 = stopped by the time limit, as planned)"
 [[ -f "$PRIOR/config.json" ]] || { echo "no checkpoint was written"; exit 1; }
