@@ -27,9 +27,9 @@
 #     3. runs examples/bench_reconstruct.py with the new prior on every setting of the
 #        protocol, held-out, other subjects and clinical, the benchmark's 6 scored slices, K = 4,
 #        default solver (recon_*.json; to be held row by row, per slice too, against the shipped
-#        prior's column of BENCHMARKS.md "Fine-tuning the prior on heads with skull", the same
-#        slices: a CPU fine-tune on this set gained 0.6-1.1 dB on the clinical series and lost
-#        0.56 dB at 8x on other subjects);
+#        prior's column of BENCHMARKS.md "The same with resolution augmentation", the same
+#        slices: a CPU fine-tune with these settings gained 0.5-1.0 dB on the clinical series,
+#        lost 0.16 dB at 8x on other subjects and 0.06-0.12 dB on held-out slices);
 #     4. fits the default solver's calibrations for the new prior (examples/calibrate_priors.py
 #        --prior-dir).
 #   Results land in $OUT (at most 8 files of 16 MiB come back): the prior (config.json,
